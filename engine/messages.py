@@ -1,0 +1,178 @@
+"""Every message that crosses a process boundary, typed in one place.
+
+Three processes talk:
+- the *API process* (HTTP + the engine's supervisor and session registry),
+- the *model host* (loads the model once, then forks workers so they share its weights copy-on-write),
+- the *workers* (each holds its sessions' FunASR caches and runs inference).
+
+Messages are small frozen dataclasses pickled over `multiprocessing.connection` sockets. Audio never travels here:
+it sits in the session's shared-memory ring (`engine.ring`), and messages only say where to look.
+Positions (`end_pos`, `processed_pos`) are absolute 16 kHz sample indices in that ring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+STRIDE_SAMPLES_PER_FRAME = 960  # one 60 ms LFR frame at 16 kHz; chunk_size[1] frames make one stride
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """Per-session decoding options, as FunASR's streaming `generate()` takes them."""
+
+    chunk_size: tuple[int, int, int] = (0, 10, 5)
+    encoder_chunk_look_back: int = 4
+    decoder_chunk_look_back: int = 1
+
+    @property
+    def stride_samples(self) -> int:
+        """Samples per stride: chunk_size[1] frames of 60 ms (9600 = 600 ms for the default)."""
+        return self.chunk_size[1] * STRIDE_SAMPLES_PER_FRAME
+
+
+# --- API process -> worker -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenSession:
+    session_id: str
+    ring_name: str
+    options: StreamOptions
+
+
+@dataclass(frozen=True)
+class AudioReady:
+    """A wake-up: more audio is in the ring. The ring header, not this message, says how much."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class CloseSession:
+    """Flush everything before `end_pos`, run the final step, then drop the session."""
+
+    session_id: str
+    end_pos: int
+    reason: str = "closed"
+
+
+@dataclass(frozen=True)
+class AbortSession:
+    session_id: str
+
+
+@dataclass(frozen=True)
+class Ping:
+    seq: int
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+ToWorker = OpenSession | AudioReady | CloseSession | AbortSession | Ping | Shutdown
+
+
+# --- worker -> API process -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    """First message on a worker's connection: which slot and incarnation it is."""
+
+    slot: int
+    generation: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    slot: int
+    generation: int
+    device: str
+    cpus: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Pong:
+    seq: int
+    sessions: int
+    cache_bytes: int
+    strides: int
+
+
+@dataclass(frozen=True)
+class StrideDone:
+    """One stride of one session was processed. `tokens` are this stride's new tokens (maybe none)."""
+
+    session_id: str
+    processed_pos: int
+    tokens: tuple[str, ...]
+    text: str
+    final: bool = False
+    reason: str = ""
+    compute_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class SessionFailed:
+    """This session cannot go on (its ring vanished, inference raised); other sessions are unaffected."""
+
+    session_id: str
+    message: str
+
+
+FromWorker = Hello | WorkerReady | Pong | StrideDone | SessionFailed
+
+
+# --- API process <-> model host --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpawnWorker:
+    slot: int
+    generation: int
+    cpus: tuple[int, ...]
+    device: str
+
+
+@dataclass(frozen=True)
+class HostReady:
+    pid: int
+    load_s: float
+    gpu_count: int = 0
+
+
+@dataclass(frozen=True)
+class HostFailed:
+    """The model could not be loaded. `message` is for operators: it names the setting to fix."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class WorkerSpawned:
+    slot: int
+    generation: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class WorkerExited:
+    slot: int
+    generation: int
+    pid: int
+    returncode: int
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """What the model host needs to load the model and to let its workers dial back."""
+
+    model: str
+    device: str
+    worker_threads: int
+    address: str
+    authkey: bytes = field(repr=False)

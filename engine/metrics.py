@@ -1,0 +1,19 @@
+"""Prometheus metrics of the engine (served by the HTTP layer at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SESSIONS_OPEN = Gauge("parastream_sessions_open", "Sessions holding a ring and a worker cache")
+SESSIONS_CREATED = Counter("parastream_sessions_created_total", "Sessions created")
+SESSIONS_REJECTED = Counter("parastream_sessions_rejected_total", "Session creations refused", ["reason"])
+SESSIONS_EVICTED = Counter("parastream_sessions_evicted_total", "Sessions closed by the idle timeout")
+APPENDS_REJECTED = Counter("parastream_appends_rejected_total", "Appends refused because a ring was full")
+AUDIO_SECONDS = Counter("parastream_audio_seconds_total", "Audio received, in seconds")
+STRIDES = Counter("parastream_strides_total", "Strides processed by workers")
+STRIDE_COMPUTE = Histogram(
+    "parastream_stride_compute_seconds",
+    "Worker compute time per stride",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0),
+)
+WORKER_RESTARTS = Counter("parastream_worker_restarts_total", "Workers lost and replaced")

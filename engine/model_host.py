@@ -1,0 +1,170 @@
+"""The model host: loads the model once, then forks every worker from that loaded state.
+
+Why a separate host process rather than forking from the API process or spawning fresh workers:
+- N workers must not cost N copies of the weights. Forked children share the host's pages copy-on-write, and the
+  measured private memory of a forked worker is tens of MB where a spawned one is hundreds (`import funasr` alone
+  is ~500 MB per process). See docs/memory.md.
+- The API process runs an event loop and threads, and must never import torch or funasr. Forking it is unsafe.
+- A replacement worker is a fork away (milliseconds), with no reload, so a dead worker's slot is refilled fast.
+
+Fork safety: the host loads with one torch thread and runs no inference, so no OpenMP pool exists when it forks.
+It loads on the CPU even for CUDA serving; each worker moves the model to its own GPU after the fork, because CUDA
+cannot be initialised before a fork. The host dies with the API process (PR_SET_PDEATHSIG); workers notice their
+socket to the API process closing and exit on their own.
+
+This module is imported by the API process (to start the host) so it must not import torch at module level.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import os
+import signal
+import time
+import traceback
+from multiprocessing.connection import Connection
+
+from engine.messages import (
+    HostConfig,
+    HostFailed,
+    HostReady,
+    Shutdown,
+    SpawnWorker,
+    WorkerExited,
+    WorkerSpawned,
+)
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+WORKER_BOOT_FAILED = 3  # exit code of a worker that died before it could serve
+
+
+def _die_with_parent(sig: int = signal.SIGKILL) -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+    except OSError:  # pragma: no cover - not glibc
+        pass
+
+
+def _malloc_trim() -> None:
+    """Loading deep-copies the state dict; give the freed heap back so children do not inherit it."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # pragma: no cover
+        pass
+
+
+def host_main(conn: Connection, config: HostConfig) -> None:
+    """Entry point of the host process (started with the multiprocessing 'spawn' context)."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the API process, which shuts us down in order
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s model-host %(levelname)s %(message)s")
+    # Count GPUs through NVML so that CUDA itself is not initialised before we fork.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    started = time.perf_counter()
+    try:
+        model = _load(config)
+    except Exception as exc:  # report, never crash-loop: the supervisor halts on HostFailed
+        conn.send(HostFailed(_describe(exc)))
+        return
+    conn.send(HostReady(os.getpid(), time.perf_counter() - started, _gpu_count()))
+    _serve(conn, config, model)
+
+
+def _load(config: HostConfig) -> object:
+    import torch
+
+    from engine.funasr_adapter import StreamingModel
+
+    torch.set_num_threads(1)  # no OpenMP pool may be running when we fork
+    model = StreamingModel.load(config.model, device="cpu", ncpu=1)
+    _malloc_trim()
+    gc.collect()
+    gc.freeze()  # keep the collector from touching (and so copying) inherited objects in every child
+    return model
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _describe(exc: BaseException) -> str:
+    from engine.funasr_adapter import ModelLoadError
+
+    if isinstance(exc, ModelLoadError):
+        return str(exc)
+    tail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return f"loading the model failed (PARASTREAM_MODEL): {tail}"
+
+
+def _serve(conn: Connection, config: HostConfig, model: object) -> None:
+    children: dict[int, tuple[int, int]] = {}  # pid -> (slot, generation)
+    try:
+        while True:
+            # 1. Fork what the supervisor asks for.
+            try:
+                if conn.poll(0.2):
+                    msg = conn.recv()
+                    if isinstance(msg, Shutdown):
+                        return
+                    if isinstance(msg, SpawnWorker):
+                        pid = _fork_worker(conn, config, model, msg)
+                        children[pid] = (msg.slot, msg.generation)
+                        conn.send(WorkerSpawned(msg.slot, msg.generation, pid))
+            except (EOFError, OSError):
+                return  # the API process is gone
+            # 2. Reap children and say how they ended.
+            _reap(conn, children)
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def _reap(conn: Connection, children: dict[int, tuple[int, int]]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        slot, generation = children.pop(pid, (-1, -1))
+        conn.send(WorkerExited(slot, generation, pid, os.waitstatus_to_exitcode(status)))
+
+
+def _fork_worker(conn: Connection, config: HostConfig, model: object, msg: SpawnWorker) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    # --- in the child: never return into the host's loop ---
+    code = 0
+    try:
+        conn.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _worker_child(config, model, msg)
+    except BaseException:  # noqa: BLE001 - the child must always end in os._exit
+        traceback.print_exc()
+        code = WORKER_BOOT_FAILED
+    finally:
+        os._exit(code)
+
+
+def _worker_child(config: HostConfig, model: object, msg: SpawnWorker) -> None:
+    import torch
+
+    from engine.worker.process import run_worker
+
+    if msg.cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(msg.cpus))
+    torch.set_num_threads(config.worker_threads)
+    if msg.device.startswith("cuda"):
+        model.to(msg.device)  # type: ignore[attr-defined]
+    run_worker(model, config.address, config.authkey, msg.slot, msg.generation, msg.device, msg.cpus)  # type: ignore[arg-type]

@@ -1,0 +1,105 @@
+"""A session as the API process sees it: its ring, counters, transcript, and the event log subscribers read.
+
+Events get ids 1, 2, 3, ... in the order they happen. The log is what makes SSE resume work: a subscriber that
+reconnects with `Last-Event-ID: n` reads from event n+1 on, then waits for live ones. Any number of subscribers read
+the same log; none of them can slow the others, because each only holds its own position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from engine.audio import Upsampler2x
+from engine.messages import StreamOptions
+from engine.ring import RingWriter
+
+
+class SessionState(str, Enum):
+    OPEN = "open"  # taking audio
+    CLOSING = "closing"  # closed by the client or idle timeout; the worker is flushing
+    FINISHED = "finished"  # final event sent
+    FAILED = "failed"  # error event sent (worker died, inference failed, shutdown)
+    ABORTED = "aborted"  # DELETE
+
+    @property
+    def holds_resources(self) -> bool:
+        return self in (SessionState.OPEN, SessionState.CLOSING)
+
+
+TERMINAL_EVENTS = ("final", "error")
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    type: str  # "partial" | "final" | "error"
+    data: dict[str, Any]
+
+
+@dataclass
+class Session:
+    id: str
+    options: StreamOptions
+    sample_rate: int
+    worker: int
+    ring: RingWriter | None
+    state: SessionState = SessionState.OPEN
+    samples_received: int = 0  # at the client's sample rate
+    processed_pos: int = 0  # 16 kHz samples the worker has processed
+    tokens: list[str] = field(default_factory=list)
+    text: str = ""
+    close_reason: str = ""
+    created_at: float = field(default_factory=time.monotonic)
+    last_audio_at: float = field(default_factory=time.monotonic)
+    ended_at: float | None = None
+    upsampler: Upsampler2x | None = None
+    events: list[Event] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def ring_pos(self) -> int:
+        return self.ring.write_pos if self.ring else 0
+
+    @property
+    def samples_processed(self) -> int:
+        """Processed audio at the client's rate (the worker counts 16 kHz samples)."""
+        return self.processed_pos * self.sample_rate // 16_000
+
+    def emit(self, type_: str, data: dict[str, Any]) -> Event:
+        event = Event(len(self.events) + 1, type_, data)
+        self.events.append(event)
+        # Wake every waiting subscriber, then re-arm for the next event.
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return event
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.events) and self.events[-1].type in TERMINAL_EVENTS
+
+    async def events_after(self, last_id: int) -> list[Event]:
+        """Events with id > last_id, waiting for at least one unless the log has ended."""
+        while len(self.events) <= last_id and not self.ended:
+            await self._changed.wait()
+        return self.events[last_id:]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "sample_rate": self.sample_rate,
+            "chunk_size": list(self.options.chunk_size),
+            "encoder_chunk_look_back": self.options.encoder_chunk_look_back,
+            "decoder_chunk_look_back": self.options.decoder_chunk_look_back,
+            "samples_received": self.samples_received,
+            "samples_processed": self.samples_processed,
+            "worker": self.worker,
+            "text": self.text,
+            "tokens": len(self.tokens),
+            "events": len(self.events),
+            "close_reason": self.close_reason or None,
+        }

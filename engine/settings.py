@@ -1,0 +1,77 @@
+"""Every tunable of the service, read from the environment or a `.env` file (prefix `PARASTREAM_`).
+
+Each limit is a named setting with a documented default; `.env.example` lists them all and a test keeps the two in
+step. This module imports neither torch nor FastAPI: both the HTTP process and the model processes read it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_workers() -> int:
+    """One worker per usable core. GPU counting happens in the supervisor (it must not import torch here)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PARASTREAM_", env_file=".env", extra="ignore")
+
+    # --- model ---
+    model: str = Field(
+        "paraformer-zh-streaming",
+        description="FunASR model name (downloaded through FunASR where the hub is reachable) or a local model dir.",
+    )
+    device: Literal["cpu", "cuda"] = Field("cpu", description="cpu: a worker per core; cuda: a worker per GPU.")
+    workers: int = Field(0, ge=0, description="Worker processes; 0 means one per core (cpu) or one per GPU (cuda).")
+    worker_threads: int = Field(1, ge=1, description="Torch threads per worker (each worker is pinned to a core).")
+
+    # --- HTTP ---
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    # --- sessions ---
+    max_sessions: int = Field(64, ge=1, description="Open sessions allowed at once; past it POST /v1/sessions is 503.")
+    session_idle_timeout_s: float = Field(60.0, gt=0, description="A session with no audio for this long is closed.")
+    finished_session_ttl_s: float = Field(
+        120.0, ge=0, description="How long a finished session's events stay readable (GET, SSE resume)."
+    )
+    max_append_bytes: int = Field(
+        640_000, ge=2, description="Largest audio body one append may carry (20 s of 16 kHz 16-bit PCM)."
+    )
+    ring_seconds: float = Field(
+        30.0, gt=0, description="Per-session ring capacity in seconds of 16 kHz audio; a full ring answers 429."
+    )
+
+    # --- SSE ---
+    sse_ping_s: float = Field(15.0, gt=0, description="Keep-alive comment interval on event streams.")
+    sse_send_timeout_s: float = Field(30.0, gt=0, description="A subscriber that accepts nothing for this long is dropped.")
+
+    # --- supervision ---
+    worker_ping_interval_s: float = Field(2.0, gt=0, description="How often each worker is pinged.")
+    worker_ping_timeout_s: float = Field(
+        60.0, gt=0, description="A worker that answers no ping for this long is killed and replaced."
+    )
+    worker_boot_timeout_s: float = Field(600.0, gt=0, description="Longest a worker or the model host may take to load.")
+    max_boot_failures: int = Field(
+        3, ge=1, description="Consecutive failed worker boots in one slot before the service stops respawning it."
+    )
+    shutdown_grace_s: float = Field(10.0, ge=0, description="Time to finish received audio on SIGTERM.")
+
+    def resolved_workers(self, gpu_count: int | None = None) -> int:
+        if self.workers:
+            return self.workers
+        if self.device == "cuda" and gpu_count:
+            return gpu_count
+        return default_workers()
+
+    @property
+    def ring_capacity_samples(self) -> int:
+        return int(self.ring_seconds * 16_000)

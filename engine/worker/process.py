@@ -1,0 +1,94 @@
+"""The worker process: a thin I/O loop around `WorkerCore`.
+
+A worker is forked by the model host (`engine.model_host`) with the model already in memory, pins itself to its
+core (or moves the model to its GPU), dials the API process back over a `multiprocessing.connection` socket, and
+then loops. It exits when that socket closes: the API process is gone, so nobody is left to serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from multiprocessing.connection import Client, Connection
+
+from engine.messages import (
+    AbortSession,
+    AudioReady,
+    CloseSession,
+    Hello,
+    OpenSession,
+    Ping,
+    Pong,
+    Shutdown,
+    ToWorker,
+    WorkerReady,
+)
+from engine.worker.core import StreamModel, WorkerCore
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 1.0  # with nothing to compute, block this long waiting for a message
+
+
+def connect(address: str, authkey: bytes, slot: int, generation: int) -> Connection:
+    conn = Client(address, family="AF_UNIX", authkey=authkey)
+    conn.send(Hello(slot, generation, os.getpid()))
+    return conn
+
+
+def serve(conn: Connection, core: WorkerCore, ready: WorkerReady) -> None:
+    """Run until the API process hangs up or says Shutdown."""
+    conn.send(ready)
+    while True:
+        # 1. Wait for a message only when no session has a stride ready; otherwise just drain what is there.
+        timeout = 0.0 if core.has_work() else IDLE_POLL_S
+        try:
+            while conn.poll(timeout):
+                timeout = 0.0
+                # 2. Apply every pending message before computing, so closes and aborts take effect at once.
+                if not handle(conn, core, conn.recv()):
+                    return
+        except (EOFError, OSError):
+            return  # the API process is gone
+        # 3. One stride for each session that has one ready, then report.
+        for msg in core.run_once():
+            try:
+                conn.send(msg)
+            except OSError:
+                return
+
+
+def handle(conn: Connection, core: WorkerCore, msg: ToWorker) -> bool:
+    """Apply one message; False means stop."""
+    match msg:
+        case OpenSession():
+            replies = core.open(msg)
+        case AudioReady():
+            replies = []  # the ring header says how much; the wake-up itself was the point
+        case CloseSession():
+            replies = core.close(msg)
+        case AbortSession():
+            replies = core.abort(msg)
+        case Ping(seq=seq):
+            replies = [Pong(seq, len(core.sessions), core.cache_bytes(), core.strides)]
+        case Shutdown():
+            core.drop_all()
+            return False
+        case _:
+            log.warning("worker ignoring unknown message %r", msg)
+            replies = []
+    for reply in replies:
+        conn.send(reply)
+    return True
+
+
+def run_worker(
+    model: StreamModel, address: str, authkey: bytes, slot: int, generation: int, device: str, cpus: tuple[int, ...]
+) -> None:
+    conn = connect(address, authkey, slot, generation)
+    core = WorkerCore(model)
+    try:
+        serve(conn, core, WorkerReady(slot, generation, device, cpus))
+    finally:
+        core.drop_all()
+        conn.close()
