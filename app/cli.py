@@ -1,0 +1,86 @@
+"""`parastream` command line: serve, make-model, demo.
+
+`make-model` needs torch and funasr, so it imports them only when run; `serve` never does in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("parastream")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="parastream", description="Streaming speech-to-text for FunASR Paraformer")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP service (settings from PARASTREAM_* / .env)")
+    serve.add_argument("--host", help="overrides PARASTREAM_HOST")
+    serve.add_argument("--port", type=int, help="overrides PARASTREAM_PORT")
+    serve.add_argument("--model", help="overrides PARASTREAM_MODEL")
+    serve.add_argument("--workers", type=int, help="overrides PARASTREAM_WORKERS")
+
+    make = sub.add_parser("make-model", help="build a deterministic random-weight model dir")
+    make.add_argument("kind", choices=["tiny-random", "large-random"])
+    make.add_argument("dir", type=Path)
+    make.add_argument("--seed", type=int, default=0)
+
+    demo = sub.add_parser("demo", help="build tiny-random, serve it, stream a WAV through it at real-time pace")
+    demo.add_argument("--wav", type=Path, help="16-bit mono WAV (default: the bundled sample)")
+    demo.add_argument("--model", help="model dir or name (default: tiny-random built into .cache/)")
+    demo.add_argument("--speed", type=float, default=1.0, help="pace relative to real time (1.0 = real time)")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "make-model":
+        return _make_model(args.kind, args.dir, args.seed)
+    if args.command == "serve":
+        overrides = {k: v for k, v in vars(args).items() if k in ("host", "port", "model", "workers") and v is not None}
+        return asyncio.run(_serve(overrides))
+    from app.demo import run_demo
+
+    return asyncio.run(run_demo(args.wav, args.model, args.speed))
+
+
+def _make_model(kind: str, out: Path, seed: int) -> int:
+    from engine.model_factory import build_random_model
+
+    path = build_random_model(kind, out, seed=seed)
+    print(f"built {kind} (seed {seed}) in {path}")
+    return 0
+
+
+async def _serve(overrides: dict[str, object]) -> int:
+    import uvicorn
+
+    from app.main import create_app
+    from engine.errors import EngineBootError
+    from engine.service import Engine
+    from engine.settings import Settings
+
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    engine = Engine(settings)
+    try:
+        await engine.start()  # load the model before opening the port; a failure is reported, not served
+    except EngineBootError as exc:
+        log.error("cannot start: %s", exc)
+        await engine.stop()
+        return 2
+    app = create_app(settings, engine)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        log_level="info",
+    )
+    await uvicorn.Server(config).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

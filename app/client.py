@@ -1,0 +1,86 @@
+"""A small async client of the HTTP API (httpx + httpx-sse), used by the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import wave
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from httpx_sse import aconnect_sse
+
+
+@dataclass(frozen=True)
+class TranscriptEvent:
+    id: int
+    type: str
+    data: dict[str, Any]
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """16-bit mono PCM samples and the sample rate of a WAV file."""
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2 or w.getnchannels() != 1:
+            raise ValueError(f"{path}: need 16-bit mono PCM")
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy(), w.getframerate()
+
+
+class ParastreamClient:
+    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout)
+
+    async def __aenter__(self) -> ParastreamClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.aclose()
+
+    async def create_session(self, **options: Any) -> dict[str, Any]:
+        r = await self.http.post("/v1/sessions", json=options or None)
+        r.raise_for_status()
+        return r.json()
+
+    async def append(self, session_id: str, pcm: np.ndarray | bytes) -> dict[str, Any]:
+        body = pcm.astype("<i2").tobytes() if isinstance(pcm, np.ndarray) else pcm
+        r = await self.http.post(
+            f"/v1/sessions/{session_id}/audio", content=body, headers={"Content-Type": "application/octet-stream"}
+        )
+        r.raise_for_status()
+        return r.json()
+
+    async def close(self, session_id: str) -> dict[str, Any]:
+        r = await self.http.post(f"/v1/sessions/{session_id}/close")
+        r.raise_for_status()
+        return r.json()
+
+    async def events(self, session_id: str, last_event_id: int | None = None) -> AsyncIterator[TranscriptEvent]:
+        """Yield events until the terminal one (final or error)."""
+        headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+        async with aconnect_sse(
+            self.http, "GET", f"/v1/sessions/{session_id}/events", headers=headers, timeout=None
+        ) as source:
+            async for sse in source.aiter_sse():
+                event = TranscriptEvent(int(sse.id), sse.event, json.loads(sse.data))
+                yield event
+                if event.type in ("final", "error"):
+                    return
+
+
+async def stream_pcm(
+    client: ParastreamClient, session_id: str, pcm: np.ndarray, sample_rate: int, frame_ms: int = 100, speed: float = 1.0
+) -> None:
+    """Send `pcm` in `frame_ms` frames on a wall clock (never faster than `speed` x real time), then close."""
+    frame = sample_rate * frame_ms // 1000
+    start = time.monotonic()
+    for i, offset in enumerate(range(0, len(pcm), frame)):
+        delay = start + i * frame_ms / 1000 / speed - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await client.append(session_id, pcm[offset : offset + frame])
+    await client.close(session_id)

@@ -1,0 +1,43 @@
+"""The FastAPI application. It imports neither torch nor funasr: inference lives in engine processes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import errors
+from app.routes import events, health, sessions
+from engine.service import Engine
+from engine.settings import Settings
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """Build the app. Pass an already started `engine` to start the model before serving (as `parastream serve`
+    does, so that a model that cannot load is reported before the port opens); otherwise the lifespan starts one."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        eng = engine or Engine(settings)
+        if not eng.started:
+            await eng.start()
+        app.state.engine = eng
+        try:
+            yield
+        finally:
+            await eng.stop()
+
+    app = FastAPI(
+        title="Parastream",
+        version="0.1.0",
+        description="Streaming speech-to-text for FunASR's streaming Paraformer. See docs/api.md.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    app.include_router(sessions.router)
+    app.include_router(events.router)
+    app.include_router(health.router)
+    return app

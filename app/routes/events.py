@@ -1,0 +1,63 @@
+"""The transcript event stream of a session (Server-Sent Events through sse-starlette).
+
+Events: `partial` (a stride's new tokens and the whole text so far), then one `final` (all tokens, the text, and
+why it ended) or one `error`. Ids count up from 1 per session. A client that reconnects with `Last-Event-ID: n`
+gets every event after n, then the live ones; after the terminal event the stream ends. Keep-alive pings and a send
+timeout keep dead connections from piling up.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.deps import get_engine, get_settings
+from app.errors import HTTPError
+from app.routes.sessions import ERRORS
+from engine.service import Engine
+from engine.sessions import Session
+from engine.settings import Settings
+
+router = APIRouter(prefix="/v1/sessions", tags=["events"])
+
+
+@router.get(
+    "/{session_id}/events",
+    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "partial, final, error events"}},
+)
+async def session_events(
+    session_id: str,
+    engine: Annotated[Engine, Depends(get_engine)],
+    settings: Annotated[Settings, Depends(get_settings)],
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventSourceResponse:
+    session = engine.get(session_id)
+    after = _parse_last_event_id(last_event_id)
+    return EventSourceResponse(
+        _stream(session, after),
+        ping=settings.sse_ping_s,
+        send_timeout=settings.sse_send_timeout_s,
+    )
+
+
+def _parse_last_event_id(value: str | None) -> int:
+    if value is None or value == "":
+        return 0
+    if not value.isdigit():
+        raise HTTPError(400, "invalid_last_event_id", "Last-Event-ID must be an event id this stream sent (an integer)")
+    return int(value)
+
+
+async def _stream(session: Session, after: int) -> AsyncIterator[ServerSentEvent]:
+    while True:
+        events = await session.events_after(after)
+        for event in events:
+            yield ServerSentEvent(json.dumps(event.data, ensure_ascii=False), event=event.type, id=str(event.id))
+        if events:
+            after = events[-1].id
+        if session.ended and after >= len(session.events):
+            return

@@ -1,0 +1,66 @@
+"""REST endpoints of a session: create, append audio, close, abort, inspect."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Request, Response
+
+from app.body import read_pcm_body
+from app.deps import get_engine, get_settings
+from app.schemas import AppendResult, ErrorResponse, SessionCreate, SessionInfo
+from engine.service import Engine, validate_options
+from engine.settings import Settings
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 415, 422, 429, 503)}
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+@router.post("", status_code=201, response_model=SessionInfo, responses=ERRORS)
+async def create_session(engine: EngineDep, body: Annotated[SessionCreate | None, Body()] = None) -> dict[str, object]:
+    """Open a session on the least-loaded worker. 503 with Retry-After when PARASTREAM_MAX_SESSIONS are open."""
+    body = body or SessionCreate()
+    options = validate_options(body.chunk_size, body.encoder_chunk_look_back, body.decoder_chunk_look_back)
+    return engine.create_session(body.sample_rate, options).describe()
+
+
+@router.get("/{session_id}", response_model=SessionInfo, responses=ERRORS)
+async def get_session(session_id: str, engine: EngineDep) -> dict[str, object]:
+    return engine.get(session_id).describe()
+
+
+@router.post(
+    "/{session_id}/audio",
+    response_model=AppendResult,
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "Little-endian 16-bit mono PCM at the session's sample rate; any whole number of samples.",
+        }
+    },
+)
+async def append_audio(session_id: str, request: Request, engine: EngineDep, settings: SettingsDep) -> dict[str, object]:
+    """Append raw PCM. 429 with Retry-After when the session's buffer is full (nothing is written then)."""
+    engine.get(session_id)  # 404 before reading a body we would throw away
+    body = await read_pcm_body(request, settings.max_append_bytes)
+    session = engine.append(session_id, body)
+    return {"id": session.id, "samples_received": session.samples_received}
+
+
+@router.post("/{session_id}/close", response_model=SessionInfo, responses=ERRORS)
+async def close_session(session_id: str, engine: EngineDep) -> dict[str, object]:
+    """Flush the remaining audio with is_final; a `final` event follows on the event stream."""
+    return engine.close(session_id).describe()
+
+
+@router.delete("/{session_id}", status_code=204, responses=ERRORS)
+async def abort_session(session_id: str, engine: EngineDep) -> Response:
+    """Abort the session now and free everything it holds; subscribers get an `error` event (code `aborted`)."""
+    engine.abort(session_id)
+    return Response(status_code=204)

@@ -1,0 +1,47 @@
+"""Request and response bodies of the HTTP API (they also document it in the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sample_rate: int = Field(16000, description="16000, or 8000 (resampled to 16 kHz on arrival)")
+    chunk_size: list[int] = Field(
+        default_factory=lambda: [0, 10, 5],
+        description="FunASR chunk_size [left, stride, right] in 60 ms frames; stride 10 = 600 ms",
+    )
+    encoder_chunk_look_back: int = Field(4, description="Encoder chunks of attention history")
+    decoder_chunk_look_back: int = Field(1, description="Decoder chunks of attention history")
+
+
+class SessionInfo(BaseModel):
+    id: str
+    state: str = Field(description="open | closing | finished | failed | aborted")
+    sample_rate: int
+    chunk_size: list[int]
+    encoder_chunk_look_back: int
+    decoder_chunk_look_back: int
+    samples_received: int = Field(description="Samples received so far, at the session's sample rate")
+    samples_processed: int = Field(description="Samples the worker has transcribed, at the session's sample rate")
+    worker: int = Field(description="Worker slot serving this session")
+    text: str = Field(description="Transcript so far")
+    tokens: int = Field(description="Tokens so far")
+    events: int = Field(description="Events emitted so far (the last event id)")
+    close_reason: str | None = None
+
+
+class AppendResult(BaseModel):
+    id: str
+    samples_received: int = Field(description="Total samples received so far, at the session's sample rate")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
