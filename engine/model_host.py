@@ -60,7 +60,10 @@ def _malloc_trim() -> None:
 def host_main(conn: Connection, config: HostConfig) -> None:
     """Entry point of the host process (started with the multiprocessing 'spawn' context)."""
     _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the API process, which shuts us down in order
+    # Ctrl-C and a group-wide SIGTERM (timeout(1), systemd's control-group kill) reach every process; only the API
+    # process acts on them, and shuts the host and workers down in order (workers finish their strides first).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s model-host %(levelname)s %(message)s")
     # Count GPUs through NVML so that CUDA itself is not initialised before we fork.
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
@@ -123,7 +126,7 @@ def _serve(conn: Connection, config: HostConfig, model: object) -> None:
     finally:
         for pid in children:
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGKILL)  # they ignore SIGTERM; by now the supervisor has let them go
             except ProcessLookupError:
                 pass
 
@@ -147,8 +150,7 @@ def _fork_worker(conn: Connection, config: HostConfig, model: object, msg: Spawn
     # --- in the child: never return into the host's loop ---
     code = 0
     try:
-        conn.close()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        conn.close()  # the host's control pipe; SIGINT/SIGTERM stay ignored (see host_main)
         _worker_child(config, model, msg)
     except BaseException:  # noqa: BLE001 - the child must always end in os._exit
         traceback.print_exc()

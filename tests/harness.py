@@ -25,6 +25,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# uvicorn re-raises a captured SIGTERM/SIGINT once its graceful shutdown (our lifespan cleanup included) is done,
+# so a clean signalled exit reports the signal, as the platform convention has it.
+CLEAN_EXIT = (0, -signal.SIGTERM, -signal.SIGINT)
+
+
 def segments_of(pid: int) -> list[str]:
     return [name for name in list_segments() if name.startswith(f"parastream_{pid}_")]
 
@@ -103,4 +108,6 @@ class ServiceProcess:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            os.unlink(self._log.name)
+
+    def remove_log(self) -> None:
+        Path(self._log.name).unlink(missing_ok=True)

@@ -1,0 +1,117 @@
+"""Served transcripts equal FunASR's own in-process loop, token for token, under concurrency and random splits."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import numpy as np
+
+from app.client import ParastreamClient, TranscriptEvent
+from tests.audio import synth_speechlike
+from tests.harness import ServiceProcess
+from tests.reference_cache import reference_tokens
+
+STRIDE = 9600
+# Lengths chosen to hit every ending: exact stride multiples, a tail under 960 samples, tails over 960.
+CLIP_SAMPLES = [8 * STRIDE, 5 * STRIDE + 500, 6 * STRIDE + 5000, 3 * STRIDE + 959, 7 * STRIDE + 961, 9 * STRIDE + 9599, 4 * STRIDE, 2 * STRIDE + 1234]
+
+
+async def _collect(client: ParastreamClient, session_id: str, last_event_id: int | None = None) -> list[TranscriptEvent]:
+    return [event async for event in client.events(session_id, last_event_id)]
+
+
+async def _stream_in_random_splits(client: ParastreamClient, session_id: str, pcm: np.ndarray, rng: random.Random) -> None:
+    pos = 0
+    while pos < len(pcm):
+        n = rng.randint(1, 32_000)  # 1 sample up to 2 s
+        await client.append(session_id, pcm[pos : pos + n])
+        pos += n
+        await asyncio.sleep(rng.uniform(0, 0.02))  # interleave with the other sessions
+    await client.close(session_id)
+
+
+def test_eight_concurrent_sessions_match_the_in_process_reference(service: ServiceProcess, tiny_model_dir: Path) -> None:
+    clips = [synth_speechlike(n / 16000, seed=100 + i) for i, n in enumerate(CLIP_SAMPLES)]
+
+    async def run() -> tuple[list[list[TranscriptEvent]], list[int]]:
+        async with ParastreamClient(service.base_url) as client:
+            sessions = [await client.create_session() for _ in clips]
+            watchers = [asyncio.create_task(_collect(client, s["id"])) for s in sessions]
+            await asyncio.gather(
+                *(
+                    _stream_in_random_splits(client, s["id"], clip, random.Random(i))
+                    for i, (s, clip) in enumerate(zip(sessions, clips))
+                )
+            )
+            results = await asyncio.wait_for(asyncio.gather(*watchers), 120)
+            return results, [s["worker"] for s in sessions]
+
+    results, workers = asyncio.run(run())
+    assert sorted(set(workers)) == [0, 1], "sessions should spread over both workers"
+    for clip, events in zip(clips, results):
+        final = events[-1]
+        assert final.type == "final", events[-1]
+        expected = reference_tokens(tiny_model_dir, clip)
+        assert final.data["tokens"] == expected
+        assert len(expected) > 0
+        # The partials add up to the final, in order, and ids count up from 1 without gaps.
+        partial_tokens = [t for e in events if e.type == "partial" for t in e.data["tokens"]]
+        assert partial_tokens == expected
+        assert [e.id for e in events] == list(range(1, len(events) + 1))
+
+
+def test_resume_with_last_event_id_and_two_subscribers(service: ServiceProcess, tiny_model_dir: Path) -> None:
+    clip = synth_speechlike(6.0, seed=7)
+
+    async def run() -> tuple[list[TranscriptEvent], list[TranscriptEvent], list[TranscriptEvent], list[TranscriptEvent]]:
+        async with ParastreamClient(service.base_url) as client:
+            session = await client.create_session()
+            sid = session["id"]
+            first = asyncio.create_task(_collect(client, sid))
+            second = asyncio.create_task(_collect(client, sid))
+            # A third subscriber drops after its 2nd event, then reconnects with Last-Event-ID.
+            dropped: list[TranscriptEvent] = []
+
+            async def drop_after_two() -> None:
+                async for event in client.events(sid):
+                    dropped.append(event)
+                    if len(dropped) == 2:
+                        return
+
+            dropper = asyncio.create_task(drop_after_two())
+            for offset in range(0, len(clip), 4000):
+                await client.append(sid, clip[offset : offset + 4000])
+                await asyncio.sleep(0.01)
+            await dropper
+            resumed_live = asyncio.create_task(_collect(client, sid, last_event_id=dropped[-1].id))
+            await client.close(sid)
+            a, b, resumed = await asyncio.wait_for(asyncio.gather(first, second, resumed_live), 60)
+            # After the end, a resume still replays from the log.
+            replay = await _collect(client, sid, last_event_id=1)
+            return a, b, dropped + resumed, replay
+
+    a, b, reconnected, replay = asyncio.run(run())
+    assert a == b  # two subscribers see the same events
+    assert reconnected == a  # drop + resume misses nothing and repeats nothing
+    assert replay == a[1:]
+    assert a[-1].type == "final" and a[-1].data["tokens"] == reference_tokens(tiny_model_dir, clip)
+
+
+def test_8khz_session_is_resampled(service: ServiceProcess) -> None:
+    clip = synth_speechlike(3.0, seed=11, sample_rate=8000)
+
+    async def run() -> tuple[dict, list[TranscriptEvent]]:
+        async with ParastreamClient(service.base_url) as client:
+            session = await client.create_session(sample_rate=8000)
+            watcher = asyncio.create_task(_collect(client, session["id"]))
+            await client.append(session["id"], clip)
+            await client.close(session["id"])
+            events = await asyncio.wait_for(watcher, 60)
+            info = (await client.http.get(f"/v1/sessions/{session['id']}")).json()
+            return info, events
+
+    info, events = asyncio.run(run())
+    assert events[-1].type == "final" and events[-1].data["tokens"]
+    assert info["samples_received"] == info["samples_processed"] == len(clip)
