@@ -19,7 +19,12 @@ STRIDE_SAMPLES_PER_FRAME = 960  # one 60 ms LFR frame at 16 kHz; chunk_size[1] f
 
 @dataclass(frozen=True)
 class StreamOptions:
-    """Per-session decoding options, as FunASR's streaming `generate()` takes them."""
+    """Per-session decoding options, as FunASR's streaming `generate()` takes them.
+
+    `chunk_size=(0, 10, 5)`: no left context, 10 LFR frames (600 ms) per stride, 5 frames (300 ms) of look-ahead.
+    `encoder_chunk_look_back` / `decoder_chunk_look_back`: how many previous chunks the encoder self-attention and
+    the decoder FSMN keep in the cache.
+    """
 
     chunk_size: tuple[int, int, int] = (0, 10, 5)
     encoder_chunk_look_back: int = 4

@@ -1,0 +1,294 @@
+"""Deterministic random-weight model directories for FunASR's streaming Paraformer.
+
+The machines this project is developed and tested on have no internet, so the real
+``paraformer-zh-streaming`` checkpoint (ModelScope) cannot be downloaded there. This module writes model
+directories that FunASR's ``AutoModel`` loads exactly like the real one (``config.yaml``, ``model.pt``,
+``tokens.json``, ``am.mvn``) but whose weights are drawn from a seeded RNG:
+
+* ``tiny-random``: a 4-block / 128-dim encoder, 2-block decoder, 64 tokens (about 1.1 M parameters,
+  4.5 MB). Used by the test-suite: it runs in about 10 ms per 600 ms chunk.
+* ``large-random``: the real ``paraformer-large`` online architecture (50-block / 512-dim SANM encoder,
+  16-block decoder, 8404 tokens, about 220 M parameters, 880 MB). Its compute and memory cost per
+  chunk and per session match the real model, so it is what capacity/latency benchmarks use.
+
+Random weights produce gibberish transcripts (random CJK characters). Only two things about them are
+meaningful: *cost* figures (latency, throughput, memory), and *exactness* - the same audio through the
+server and through FunASR's own loop must give the same tokens, which a random model checks just as well
+as a trained one. Never quote word error rates from these models.
+
+Everything is deterministic: the same ``kind`` and ``seed`` give byte-identical files (checked by sha256
+in the tests), so a directory cached on one machine equals one built on another.
+
+torch/funasr are imported lazily so that :func:`ensure_model` is cheap when the directory already exists
+(the server's parent process and the CLI call it before any model process starts).
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+KINDS: tuple[str, ...] = ("tiny-random", "large-random")
+
+# Files that make a directory complete. ``ensure_model`` renames a fully written temp dir into place, so
+# an existing final directory normally has all of them; the check guards against hand-made partial dirs.
+MODEL_FILES: tuple[str, ...] = ("config.yaml", "model.pt", "tokens.json", "am.mvn")
+
+# Feature layout shared by every kind: 80 mel bins stacked 7 at a time by LFR -> 560-dim encoder input.
+N_MELS = 80
+LFR_M = 7
+LFR_N = 6
+FEAT_DIM = N_MELS * LFR_M
+
+# Architecture values of FunASR's funasr/models/paraformer_streaming/template.yaml (the real
+# paraformer-zh-streaming model). NOTE: the shift key really is spelled ``sanm_shfit``; the correct
+# spelling raises "unexpected keyword argument" in both the encoder and the decoder.
+_LARGE_CONFIG: dict[str, Any] = {
+    "model": "ParaformerStreaming",
+    "model_conf": {
+        "ctc_weight": 0.0,  # no CTC head: the streaming model decodes with the CIF predictor + decoder
+        "lsm_weight": 0.1,
+        "length_normalized_loss": True,
+        "predictor_weight": 1.0,
+        "predictor_bias": 1,
+        "sampling_ratio": 0.75,
+    },
+    "encoder": "SANMEncoderChunkOpt",
+    "encoder_conf": {
+        "output_size": 512,
+        "attention_heads": 4,
+        "linear_units": 2048,
+        "num_blocks": 50,
+        "dropout_rate": 0.1,
+        "positional_dropout_rate": 0.1,
+        "attention_dropout_rate": 0.1,
+        "input_layer": "pe_online",
+        "pos_enc_class": "SinusoidalPositionEncoder",
+        "normalize_before": True,
+        "kernel_size": 11,
+        "sanm_shfit": 0,
+        "selfattention_layer_type": "sanm",
+        "chunk_size": [12, 15],
+        "stride": [8, 10],
+        "pad_left": [0, 0],
+        "encoder_att_look_back_factor": [4, 4],
+        "decoder_att_look_back_factor": [1, 1],
+    },
+    "decoder": "ParaformerSANMDecoder",
+    "decoder_conf": {
+        "attention_heads": 4,
+        "linear_units": 2048,
+        "num_blocks": 16,
+        "dropout_rate": 0.1,
+        "positional_dropout_rate": 0.1,
+        "self_attention_dropout_rate": 0.1,
+        "src_attention_dropout_rate": 0.1,
+        "att_layer_num": 16,
+        "kernel_size": 11,
+        "sanm_shfit": 5,
+    },
+    "predictor": "CifPredictorV2",
+    "predictor_conf": {
+        "idim": 512,
+        "threshold": 1.0,
+        "l_order": 1,
+        "r_order": 1,
+        "tail_threshold": 0.45,
+    },
+    "frontend": "WavFrontendOnline",
+    "frontend_conf": {
+        "fs": 16000,
+        "window": "hamming",
+        "n_mels": N_MELS,
+        "frame_length": 25,
+        "frame_shift": 10,
+        "lfr_m": LFR_M,
+        "lfr_n": LFR_N,
+        # WavFrontendOnline defaults to dither 1.0, which adds random noise to every fbank: the same audio
+        # would then give different tokens on each run and nothing could be compared token for token.
+        "dither": 0.0,
+    },
+    "specaug": None,
+    "normalize": None,
+    "tokenizer": "CharTokenizer",
+    "tokenizer_conf": {"unk_symbol": "<unk>", "split_with_space": True},
+}
+
+_VOCAB_SIZES: dict[str, int] = {"tiny-random": 64, "large-random": 8404}
+
+# Weight init draws from torch's process-global RNG, so two builds in threads of one process would
+# interleave their draws and both come out wrong. The flock in ensure_model only covers one directory.
+_RNG_LOCK = threading.Lock()
+
+
+def model_config(kind: str) -> dict[str, Any]:
+    """The ``config.yaml`` contents for ``kind`` (a fresh dict each call)."""
+    _check_kind(kind)
+    conf = copy.deepcopy(_LARGE_CONFIG)
+    if kind == "tiny-random":
+        conf["encoder_conf"].update(output_size=128, linear_units=256, num_blocks=4)
+        conf["decoder_conf"].update(linear_units=256, num_blocks=2, att_layer_num=2)
+        conf["predictor_conf"].update(idim=128)
+    return conf
+
+
+def token_list(kind: str) -> list[str]:
+    """``<blank>``=0, ``<s>``=1, ``</s>``=2, single CJK characters, ``<unk>`` last (the real layout)."""
+    _check_kind(kind)
+    n_chars = _VOCAB_SIZES[kind] - 4
+    return ["<blank>", "<s>", "</s>"] + [chr(0x4E00 + i) for i in range(n_chars)] + ["<unk>"]
+
+
+def build_random_model(kind: str, out_dir: Path, seed: int = 0) -> Path:
+    """Write a complete random-weight model directory for ``kind`` into ``out_dir`` and return it.
+
+    ``out_dir`` is created if needed; existing model files in it are overwritten. Not atomic: use
+    :func:`ensure_model` where another process may look at the directory while it is being written.
+    """
+    _check_kind(kind)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    conf = model_config(kind)
+    tokens = token_list(kind)
+
+    _write_config(out_dir / "config.yaml", conf)
+    (out_dir / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    _write_am_mvn(out_dir / "am.mvn", seed)
+    _write_weights(out_dir / "model.pt", conf, vocab_size=len(tokens), seed=seed)
+    return out_dir
+
+
+def ensure_model(kind: str, cache_dir: Path, seed: int = 0) -> Path:
+    """Return ``cache_dir / f"{kind}-seed{seed}"``, building it first if it does not exist.
+
+    Safe when several processes call it at once: builds are serialised by an ``flock`` on a lock file
+    (so the 880 MB large model is written once, not once per process), and each build goes into a
+    temporary directory that is renamed into place only when every file is written, so the final
+    directory is never seen half-written - not even after a crash mid-build.
+    """
+    _check_kind(kind)
+    cache_dir = Path(cache_dir).expanduser()
+    final = cache_dir / f"{kind}-seed{seed}"
+    if _is_complete(final):
+        return final  # fast path: no lock, no torch import
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _file_lock(cache_dir / f".{final.name}.lock"):
+        if _is_complete(final):  # another process built it while we waited for the lock
+            return final
+        if final.exists():
+            _discard(final, cache_dir)  # a partial dir not made by us (we only ever rename complete ones)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=cache_dir))
+        try:
+            build_random_model(kind, tmp, seed)
+            os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the model is meant to be shared read-only
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def _is_complete(path: Path) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in MODEL_FILES)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _discard(path: Path, cache_dir: Path) -> None:
+    """Move ``path`` out of the way atomically, then delete it."""
+    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.trash-", dir=cache_dir))
+    try:
+        os.rename(path, trash / "old")
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _write_config(path: Path, conf: dict[str, Any]) -> None:
+    import yaml  # PyYAML: a dependency of omegaconf, which FunASR uses to read this file
+
+    # sort_keys=False keeps the template's order; the output is a pure function of ``conf``.
+    path.write_text(yaml.safe_dump(conf, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def _write_am_mvn(path: Path, seed: int) -> None:
+    """Kaldi Nnet text with ``<AddShift>`` / ``<Rescale>`` vectors, in the layout of the real ``am.mvn``.
+
+    FunASR's WavFrontendOnline computes ``(feats + shift) * rescale``. The real file holds -mean and
+    1/std of log-mel features (about -10 and 0.25); here shift is small seeded noise and rescale is near
+    1, so the transform is visibly applied (features differ from unnormalised ones) without changing the
+    scale the random encoder sees. Values are formatted with fixed precision so the text is deterministic.
+    """
+    rng = np.random.default_rng(seed)
+    shift = rng.uniform(-0.5, 0.5, FEAT_DIM)
+    rescale = rng.uniform(0.9, 1.1, FEAT_DIM)
+
+    def vec(values: np.ndarray) -> str:
+        return " ".join(f"{v:.6f}" for v in values)
+
+    lines = [
+        "<Nnet>",
+        f"<Splice> {FEAT_DIM} {FEAT_DIM}",
+        "[ 0 ]",
+        f"<AddShift> {FEAT_DIM} {FEAT_DIM}",
+        f"<LearnRateCoef> 0 [ {vec(shift)} ]",
+        f"<Rescale> {FEAT_DIM} {FEAT_DIM}",
+        f"<LearnRateCoef> 0 [ {vec(rescale)} ]",
+        "</Nnet>",
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="ascii")
+
+
+def _write_weights(path: Path, conf: dict[str, Any], vocab_size: int, seed: int) -> None:
+    """Instantiate the model the way ``AutoModel.build_model`` does, under a fixed seed, and save it."""
+    import torch
+
+    import funasr  # noqa: F401  - importing the package registers the model classes in ``tables``
+    from funasr.register import tables
+
+    model_class = tables.model_classes.get(conf["model"])
+    if model_class is None:
+        raise RuntimeError(f"FunASR has no registered model class {conf['model']!r}")
+    # build_model passes model_conf merged with the whole config, plus the sizes it derives from the
+    # tokenizer (vocab_size) and the frontend (input_size = n_mels * lfr_m).
+    kwargs: dict[str, Any] = copy.deepcopy(conf["model_conf"])
+    kwargs.update({k: copy.deepcopy(v) for k, v in conf.items() if k != "model_conf"})
+    kwargs.update(vocab_size=vocab_size, input_size=FEAT_DIM)
+
+    # fork_rng: seed locally without disturbing the caller's global RNG state.
+    with _RNG_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(**kwargs)
+    state_dict = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    # torch.save's zip archive is deterministic for identical tensors, but its internal record prefix is
+    # taken from the file's basename - so build dirs must always use the final name ``model.pt``.
+    torch.save(state_dict, path)

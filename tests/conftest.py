@@ -1,0 +1,20 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Built models are cached across test runs (the tiny one takes a few seconds to build, mostly importing
+# funasr); point PARASTREAM_TEST_CACHE elsewhere to use a scratch cache.
+CACHE = Path(os.environ.get("PARASTREAM_TEST_CACHE", Path.home() / ".cache" / "parastream"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """A deterministic random-weight tiny streaming Paraformer (seed 0), built on first use."""
+    from engine.model_factory import ensure_model
+
+    return ensure_model("tiny-random", CACHE)
