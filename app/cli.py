@@ -62,7 +62,15 @@ async def _serve(overrides: dict[str, object]) -> int:
     from engine.service import Engine
     from engine.settings import Settings
 
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    from pydantic import ValidationError
+
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "PARASTREAM_" + "_".join(str(part) for part in error["loc"]).upper()
+            log.error("cannot start: %s=%r: %s", name, error.get("input"), error["msg"])
+        return 2
     engine = Engine(settings)
     try:
         await engine.start()  # load the model before opening the port; a failure is reported, not served

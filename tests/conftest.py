@@ -18,3 +18,13 @@ def tiny_model_dir() -> Path:
     from engine.model_factory import ensure_model
 
     return ensure_model("tiny-random", CACHE)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tiny_model_dir: Path) -> Path:
+    """The model the end-to-end exactness tests serve: tiny-random, or PARASTREAM_TEST_MODEL=large-random for the
+    one-off run with the real architecture's size (recorded in docs/, too slow for every CI run)."""
+    from engine.model_factory import ensure_model
+
+    kind = os.environ.get("PARASTREAM_TEST_MODEL", "tiny-random")
+    return tiny_model_dir if kind == "tiny-random" else ensure_model(kind, CACHE)

@@ -133,7 +133,7 @@ async def _events(client: ParastreamClient, sid: str) -> list:
     return [e async for e in client.events(sid)]
 
 
-def test_bad_requests_leave_a_concurrent_session_exact(service: ServiceProcess, tiny_model_dir: Path) -> None:
+def test_bad_requests_leave_a_concurrent_session_exact(service: ServiceProcess, model_dir: Path) -> None:
     """A bystander streams while another client sends every kind of bad request at it and around it."""
     clip = synth_speechlike(5.0, seed=21)
 
@@ -163,7 +163,7 @@ def test_bad_requests_leave_a_concurrent_session_exact(service: ServiceProcess, 
 
     events = asyncio.run(run())
     assert events[-1].type == "final"
-    assert events[-1].data["tokens"] == reference_tokens(tiny_model_dir, clip)
+    assert events[-1].data["tokens"] == reference_tokens(model_dir, clip)
 
 
 def test_openapi_documents_the_api(http: httpx.Client) -> None:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import platform
 import random
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +37,7 @@ async def _stream_in_random_splits(client: ParastreamClient, session_id: str, pc
     await client.close(session_id)
 
 
-def test_eight_concurrent_sessions_match_the_in_process_reference(service: ServiceProcess, tiny_model_dir: Path) -> None:
+def test_eight_concurrent_sessions_match_the_in_process_reference(service: ServiceProcess, model_dir: Path) -> None:
     clips = [synth_speechlike(n / 16000, seed=100 + i) for i, n in enumerate(CLIP_SAMPLES)]
 
     async def run() -> tuple[list[list[TranscriptEvent]], list[int]]:
@@ -48,12 +53,15 @@ def test_eight_concurrent_sessions_match_the_in_process_reference(service: Servi
             results = await asyncio.wait_for(asyncio.gather(*watchers), 120)
             return results, [s["worker"] for s in sessions]
 
+    started = time.monotonic()
     results, workers = asyncio.run(run())
+    served_s = time.monotonic() - started
+    _maybe_record(model_dir, clips, results, workers, served_s)
     assert sorted(set(workers)) == [0, 1], "sessions should spread over both workers"
     for clip, events in zip(clips, results):
         final = events[-1]
         assert final.type == "final", events[-1]
-        expected = reference_tokens(tiny_model_dir, clip)
+        expected = reference_tokens(model_dir, clip)
         assert final.data["tokens"] == expected
         assert len(expected) > 0
         # The partials add up to the final, in order, and ids count up from 1 without gaps.
@@ -62,7 +70,7 @@ def test_eight_concurrent_sessions_match_the_in_process_reference(service: Servi
         assert [e.id for e in events] == list(range(1, len(events) + 1))
 
 
-def test_resume_with_last_event_id_and_two_subscribers(service: ServiceProcess, tiny_model_dir: Path) -> None:
+def test_resume_with_last_event_id_and_two_subscribers(service: ServiceProcess, model_dir: Path) -> None:
     clip = synth_speechlike(6.0, seed=7)
 
     async def run() -> tuple[list[TranscriptEvent], list[TranscriptEvent], list[TranscriptEvent], list[TranscriptEvent]]:
@@ -96,7 +104,7 @@ def test_resume_with_last_event_id_and_two_subscribers(service: ServiceProcess, 
     assert a == b  # two subscribers see the same events
     assert reconnected == a  # drop + resume misses nothing and repeats nothing
     assert replay == a[1:]
-    assert a[-1].type == "final" and a[-1].data["tokens"] == reference_tokens(tiny_model_dir, clip)
+    assert a[-1].type == "final" and a[-1].data["tokens"] == reference_tokens(model_dir, clip)
 
 
 def test_8khz_session_is_resampled(service: ServiceProcess) -> None:
@@ -115,3 +123,33 @@ def test_8khz_session_is_resampled(service: ServiceProcess) -> None:
     info, events = asyncio.run(run())
     assert events[-1].type == "final" and events[-1].data["tokens"]
     assert info["samples_received"] == info["samples_processed"] == len(clip)
+
+
+def _maybe_record(model_dir: Path, clips: list[np.ndarray], results: list[list[TranscriptEvent]], workers: list[int], served_s: float) -> None:
+    """With PARASTREAM_EXACTNESS_REPORT=path, write what this run compared (for the large-random record)."""
+    path = os.environ.get("PARASTREAM_EXACTNESS_REPORT")
+    if not path:
+        return
+    sessions = []
+    for clip, events, worker in zip(clips, results, workers):
+        expected = reference_tokens(model_dir, clip)
+        got = events[-1].data.get("tokens") if events[-1].type == "final" else None
+        sessions.append({"samples": len(clip), "worker": worker, "reference_tokens": len(expected),
+                         "served_tokens": len(got or []), "identical": got == expected})
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    record = {
+        "test": "test_eight_concurrent_sessions_match_the_in_process_reference",
+        "model": model_dir.name, "workers": 2, "sessions": sessions,
+        "all_identical": all(s["identical"] for s in sessions), "served_wall_s": round(served_s, 1),
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "commit": commit, "date": time.strftime("%Y-%m-%d"),
+        "note": "random weights: the tokens are gibberish; this checks exactness, not accuracy",
+    }
+    Path(path).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()

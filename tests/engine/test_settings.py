@@ -1,0 +1,48 @@
+"""Settings: every field is in .env.example with its real default, and the environment overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _example() -> dict[str, str]:
+    pairs = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def test_env_example_lists_every_setting_with_its_default() -> None:
+    example = _example()
+    fields = {f"PARASTREAM_{name.upper()}": field for name, field in Settings.model_fields.items()}
+    assert set(example) == set(fields)
+    for key, field in fields.items():
+        assert str(field.default) == example[key], key
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARASTREAM_MAX_SESSIONS", "7")
+    monkeypatch.setenv("PARASTREAM_MODEL", "/models/x")
+    s = Settings(_env_file=None)
+    assert s.max_sessions == 7 and s.model == "/models/x"
+
+
+def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARASTREAM_DEVICE", "tpu")
+    with pytest.raises(ValueError):
+        Settings(_env_file=None)
+
+
+def test_workers_default_to_cores_or_gpus() -> None:
+    s = Settings(_env_file=None)
+    assert s.resolved_workers() >= 1
+    assert Settings(_env_file=None, device="cuda").resolved_workers(gpu_count=4) == 4
+    assert Settings(_env_file=None, workers=3).resolved_workers(gpu_count=4) == 3
