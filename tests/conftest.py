@@ -28,3 +28,14 @@ def model_dir(tiny_model_dir: Path) -> Path:
 
     kind = os.environ.get("PARASTREAM_TEST_MODEL", "tiny-random")
     return tiny_model_dir if kind == "tiny-random" else ensure_model(kind, CACHE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_segments_left_behind():
+    """After the whole suite, no Parastream shared-memory segment created during it may remain in /dev/shm."""
+    from engine.ring import list_segments
+
+    before = set(list_segments())
+    yield
+    left = sorted(set(list_segments()) - before)
+    assert not left, f"shared-memory segments left behind by the suite: {left}"
