@@ -59,14 +59,19 @@ class ParastreamClient:
         r.raise_for_status()
         return r.json()
 
-    async def events(self, session_id: str, last_event_id: int | None = None) -> AsyncIterator[TranscriptEvent]:
-        """Yield events until the terminal one (final or error)."""
+    async def events(
+        self, session_id: str, last_event_id: int | None = None, progress: bool = False
+    ) -> AsyncIterator[TranscriptEvent]:
+        """Yield events until the terminal one (final or error). `progress` adds id-less progress events (id 0)."""
         headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+        params = {"progress": "true"} if progress else None
         async with aconnect_sse(
-            self.http, "GET", f"/v1/sessions/{session_id}/events", headers=headers, timeout=None
+            self.http, "GET", f"/v1/sessions/{session_id}/events", headers=headers, params=params, timeout=None
         ) as source:
             async for sse in source.aiter_sse():
-                event = TranscriptEvent(int(sse.id), sse.event, json.loads(sse.data))
+                # An id-less event inherits the last id in SSE; progress events are never resume points.
+                event_id = 0 if sse.event == "progress" or not sse.id else int(sse.id)
+                event = TranscriptEvent(event_id, sse.event, json.loads(sse.data))
                 yield event
                 if event.type in ("final", "error"):
                     return

@@ -196,17 +196,21 @@ class Engine:
                 self._fail(session, "inference_failed", message)
 
     def _on_stride(self, session: Session, msg: StrideDone) -> None:
-        session.processed_pos = msg.processed_pos
         metrics.STRIDES.inc()
         metrics.STRIDE_COMPUTE.observe(msg.compute_s)
+        session.advance(msg.processed_pos)
+        done = session.samples_processed
         if msg.tokens:
             session.tokens.extend(msg.tokens)
             session.text = msg.text
-            session.emit("partial", {"tokens": list(msg.tokens), "text": msg.text})
+            session.emit("partial", {"tokens": list(msg.tokens), "text": msg.text, "samples_processed": done})
         if msg.final:
             session.text = msg.text
             self._end(session, SessionState.FINISHED)
-            session.emit("final", {"tokens": list(session.tokens), "text": session.text, "reason": msg.reason})
+            session.emit(
+                "final",
+                {"tokens": list(session.tokens), "text": session.text, "reason": msg.reason, "samples_processed": done},
+            )
 
     def _on_worker_lost(self, slot: int, why: str) -> None:
         for session_id in list(self.supervisor.slots[slot].sessions):

@@ -72,18 +72,29 @@ class Session:
     def emit(self, type_: str, data: dict[str, Any]) -> Event:
         event = Event(len(self.events) + 1, type_, data)
         self.events.append(event)
-        # Wake every waiting subscriber, then re-arm for the next event.
+        self._wake()
+        return event
+
+    def advance(self, processed_pos: int) -> None:
+        """The worker processed up to `processed_pos`; progress subscribers hear of it even without tokens."""
+        self.processed_pos = processed_pos
+        self._wake()
+
+    def _wake(self) -> None:
+        # Wake every waiting subscriber, then re-arm for the next change.
         self._changed.set()
         self._changed = asyncio.Event()
-        return event
 
     @property
     def ended(self) -> bool:
         return bool(self.events) and self.events[-1].type in TERMINAL_EVENTS
 
-    async def events_after(self, last_id: int) -> list[Event]:
-        """Events with id > last_id, waiting for at least one unless the log has ended."""
+    async def events_after(self, last_id: int, processed_seen: int | None = None) -> list[Event]:
+        """Events with id > last_id, waiting for at least one unless the log has ended. With `processed_seen`,
+        also return (maybe with no event) as soon as the processed count differs from it."""
         while len(self.events) <= last_id and not self.ended:
+            if processed_seen is not None and self.samples_processed != processed_seen:
+                break
             await self._changed.wait()
         return self.events[last_id:]
 

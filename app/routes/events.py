@@ -1,7 +1,9 @@
 """The transcript event stream of a session (Server-Sent Events through sse-starlette).
 
 Events: `partial` (a stride's new tokens and the whole text so far), then one `final` (all tokens, the text, and
-why it ended) or one `error`. Ids count up from 1 per session. A client that reconnects with `Last-Event-ID: n`
+why it ended) or one `error`. Ids count up from 1 per session. With `?progress=true` a subscriber also gets
+`progress` events (`samples_processed`) for strides that produced no tokens; they carry no id, so that every
+subscriber sees the same gap-free id sequence and resume points mean the same for all. A client that reconnects with `Last-Event-ID: n`
 gets every event after n, then the live ones; after the terminal event the stream ends. Keep-alive pings and a send
 timeout keep dead connections from piling up.
 """
@@ -34,11 +36,12 @@ async def session_events(
     engine: Annotated[Engine, Depends(get_engine)],
     settings: Annotated[Settings, Depends(get_settings)],
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    progress: bool = False,
 ) -> EventSourceResponse:
     session = engine.get(session_id)
     after = _parse_last_event_id(last_event_id)
     return EventSourceResponse(
-        _stream(session, after),
+        _stream(session, after, progress),
         ping=settings.sse_ping_s,
         send_timeout=settings.sse_send_timeout_s,
     )
@@ -52,12 +55,17 @@ def _parse_last_event_id(value: str | None) -> int:
     return int(value)
 
 
-async def _stream(session: Session, after: int) -> AsyncIterator[ServerSentEvent]:
+async def _stream(session: Session, after: int, progress: bool) -> AsyncIterator[ServerSentEvent]:
+    seen = session.samples_processed if progress else None
     while True:
-        events = await session.events_after(after)
+        events = await session.events_after(after, seen)
         for event in events:
             yield ServerSentEvent(json.dumps(event.data, ensure_ascii=False), event=event.type, id=str(event.id))
+            seen = event.data.get("samples_processed", seen) if progress else None
         if events:
             after = events[-1].id
         if session.ended and after >= len(session.events):
             return
+        if progress and session.samples_processed != seen:
+            seen = session.samples_processed
+            yield ServerSentEvent(json.dumps({"samples_processed": seen}), event="progress")

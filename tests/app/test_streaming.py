@@ -153,3 +153,31 @@ def _cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor()
+
+
+def test_progress_subscribers_see_every_stride_and_the_same_ids(service: ServiceProcess) -> None:
+    clip = synth_speechlike(4.0, seed=13)  # 6 full strides + a tail
+
+    async def run() -> tuple[list[TranscriptEvent], list[TranscriptEvent]]:
+        async with ParastreamClient(service.base_url) as client:
+            sid = (await client.create_session())["id"]
+            plain = asyncio.create_task(_collect(client, sid))
+            with_progress = asyncio.create_task(_collect_progress(client, sid))
+            await asyncio.sleep(0.2)
+            for offset in range(0, len(clip), 9600):
+                await client.append(sid, clip[offset : offset + 9600])
+                await asyncio.sleep(0.05)
+            await client.close(sid)
+            return await asyncio.wait_for(plain, 30), await asyncio.wait_for(with_progress, 30)
+
+    plain, verbose = asyncio.run(run())
+    assert [e for e in verbose if e.type != "progress"] == plain  # same ids, same data
+    processed = [e.data["samples_processed"] for e in verbose]
+    assert processed == sorted(processed)  # never goes back
+    for k in range(1, len(clip) // 9600 + 1):  # every stride boundary was reported by some event
+        assert k * 9600 in processed
+    assert processed[-1] == len(clip)
+
+
+async def _collect_progress(client: ParastreamClient, session_id: str) -> list[TranscriptEvent]:
+    return [event async for event in client.events(session_id, progress=True)]
