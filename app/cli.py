@@ -34,7 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--model", help="model dir or name (default: tiny-random built into .cache/)")
     demo.add_argument("--speed", type=float, default=1.0, help="pace relative to real time (1.0 = real time)")
 
+    bench = sub.add_parser("bench", help="benchmarks (same as python -m benchmarks ...)", add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        from benchmarks.__main__ import main as bench_main
+
+        return bench_main(args.bench_args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "make-model":
         return _make_model(args.kind, args.dir, args.seed)

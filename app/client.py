@@ -32,8 +32,10 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
 
 
 class ParastreamClient:
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout)
+    def __init__(self, base_url: str, timeout: float = 30.0, max_connections: int = 100) -> None:
+        # Each live stream holds one connection for its events and uses another for appends.
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits)
 
     async def __aenter__(self) -> ParastreamClient:
         return self

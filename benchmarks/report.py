@@ -1,0 +1,145 @@
+"""Writes a benchmark run as JSON, a Markdown table and a PNG plot, with the conditions it ran under."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+HONESTY = (
+    "The models have random weights (built from FunASR's real streaming Paraformer architecture): these figures "
+    "measure serving cost, not recognition accuracy, and the transcripts are gibberish. 'Wrong transcripts' compares "
+    "each served transcript with FunASR's own single-process loop on the same audio, token for token."
+)
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gib": round(mem_kb / 2**20, 1)}
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "funasr", "fastapi", "uvicorn", "sse-starlette", "httpx"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def git_commit() -> str:
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True)
+    return result.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def write(result: dict[str, Any], out_dir: Path, name: str) -> list[Path]:
+    result = {
+        "name": name,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "machine": machine(),
+        "versions": versions(),
+        "note": HONESTY,
+        **result,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.json", out_dir / f"{name}.md", out_dir / f"{name}.png"]
+    paths[0].write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    paths[1].write_text(markdown(result))
+    plot(result, paths[2])
+    return paths
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None else str(value)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m, v, c = r["machine"], r["versions"], r["config"]
+    limit = c["latency_limit_ms"]
+    lines = [
+        f"# Benchmark `{r['name']}`",
+        "",
+        f"- Model: `{Path(c['model_dir']).name}`; {c['distinct_clips']} distinct synthetic speech-like clips of "
+        f"{c['clip_seconds']} s, streamed at real time in {c['frame_ms']} ms frames, clients staggered over one stride.",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB. The load generator runs on the same cores.",
+        f"- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + f". Commit `{r['commit']}`, {r['date']}.",
+        "",
+        f"> {r['note']}",
+        "",
+        f"## Capacity: concurrent real-time streams with p95 partial latency ≤ {limit:g} ms, all keeping up",
+        "",
+        "| system | capacity | wrong transcripts (all trials) | streams in trials |",
+        "|---|---:|---:|---:|",
+    ]
+    for s in r["systems"]:
+        wrong = sum(t["wrong_transcripts"] for t in s["trials"])
+        total = sum(t["finals"] for t in s["trials"])
+        lines.append(f"| {s['description']} (`{s['name']}`) | **{s['capacity_streams']}** | {wrong} of {total} | "
+                     f"{', '.join(str(t['streams']) for t in s['trials'])} |")
+    b = r.get("bound") or {}
+    if b:
+        lines += ["", "## In-process bound (no serving at all)", "", "```", json.dumps(_bound_brief(b), indent=2), "```"]
+    lines += [
+        "",
+        "## Every trial",
+        "",
+        "| system | N | partial p50 / p95 / p99 ms | final p50 / p95 ms | append p50 / p95 ms | max behind (strides) | "
+        "max send lag ms | errors | wrong | CPU % (all procs) | PSS MB (all procs) | pass |",
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|:-:|",
+    ]
+    for s in r["systems"]:
+        for t in s["trials"]:
+            p, f, a = t["partial_ms"], t["final_ms"], t["append_ms"]
+            res = t.get("resources", {})
+            lines.append(
+                f"| `{s['name']}` | {t['streams']} | {_fmt(p['p50'])} / {_fmt(p['p95'])} / {_fmt(p['p99'])} | "
+                f"{_fmt(f['p50'])} / {_fmt(f['p95'])} | {_fmt(a['p50'])} / {_fmt(a['p95'])} | {t['max_behind_strides']} | "
+                f"{t['max_send_lag_ms']} | {t['errors']} | {t['wrong_transcripts']} | "
+                f"{_fmt(res.get('cpu_percent_total_mean'))} | {_fmt(res.get('pss_mb_total_max'))} | "
+                f"{'✓' if t['passed'] else '✗'} |"
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _bound_brief(bound: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of the in-process bound, without the raw samples."""
+    return {k: v for k, v in bound.items() if not isinstance(v, list)}
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for s in r["systems"]:
+        points = [(t["streams"], t["partial_ms"]["p95"]) for t in s["trials"] if t["partial_ms"]["p95"] is not None]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", label=f"{s['description']} (capacity {s['capacity_streams']})")
+    ax.axhline(r["config"]["latency_limit_ms"], color="grey", linestyle="--", label="latency limit")
+    ax.set_xlabel("concurrent real-time streams")
+    ax.set_ylabel("p95 partial latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title(f"{Path(r['config']['model_dir']).name} on {r['machine']['cores']} cores (random weights: cost only)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

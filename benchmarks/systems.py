@@ -1,0 +1,112 @@
+"""The systems under test, each started as its own server process behind the same HTTP/SSE API.
+
+- `parastream-1w`: Parastream with one worker.
+- `parastream-Nw`: Parastream with one worker per core.
+- `funasr-threads`: FunASR's Python-server design, one shared AutoModel, generate() from a 4-thread pool.
+- `sequential`: one model, one stride at a time on the event loop (the simplest correct server).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    name: str
+    description: str
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def all_systems(model_dir: Path) -> list[SystemSpec]:
+    cores = usable_cores()
+    serve = (sys.executable, "-m", "app.cli", "serve")
+    limits = {"PARASTREAM_MAX_SESSIONS": "1024", "PARASTREAM_SESSION_IDLE_TIMEOUT_S": "120"}
+    baseline = (sys.executable, "-m", "benchmarks.baselines.funasr_server", "--model", str(model_dir))
+    return [
+        SystemSpec("parastream-1w", "Parastream, 1 worker", serve, {**limits, "PARASTREAM_WORKERS": "1"}),
+        SystemSpec(
+            f"parastream-{cores}w", f"Parastream, {cores} workers (one per core)", serve,
+            {**limits, "PARASTREAM_WORKERS": str(cores)},
+        ),
+        SystemSpec("funasr-threads", "FunASR server design: shared AutoModel, 4 generate() threads",
+                   (*baseline, "--mode", "threads", "--threads", "4")),
+        SystemSpec("sequential", "One process, one stride at a time", (*baseline, "--mode", "sequential")),
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RunningSystem:
+    """A system's server process: start, wait for /readyz, find its process tree, stop."""
+
+    def __init__(self, spec: SystemSpec, model_dir: Path) -> None:
+        self.spec = spec
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, **spec.env, "PARASTREAM_MODEL": str(model_dir), "PARASTREAM_PORT": str(self.port)}
+        argv = list(spec.argv)
+        if "benchmarks.baselines.funasr_server" in argv:
+            argv += ["--port", str(self.port)]
+        self._log = tempfile.NamedTemporaryFile(prefix=f"bench-{spec.name}-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.spec.name} exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"{self.spec.name} not ready in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return Path(self._log.name).read_text(errors="replace")[-5000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # anything left of the group
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+        Path(self._log.name).unlink(missing_ok=True)
+
+    def __enter__(self) -> RunningSystem:
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
