@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--name", help="result file stem (default: bench-<model>[-quick])")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # A log line per request would cost the load generator CPU that belongs to the systems under test.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     model_dir = resolve_model(args.model)
     config = RunConfig(model_dir=model_dir, systems=args.systems, max_streams=args.max_streams,
