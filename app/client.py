@@ -71,6 +71,9 @@ class ParastreamClient:
             self.http, "GET", f"/v1/sessions/{session_id}/events", headers=headers, params=params, timeout=None
         ) as source:
             async for sse in source.aiter_sse():
+                if not sse.data:
+                    # httpx-sse surfaces a keep-alive comment as an empty "message" once any event had an id.
+                    continue
                 # An id-less event inherits the last id in SSE; progress events are never resume points.
                 event_id = 0 if sse.event == "progress" or not sse.id else int(sse.id)
                 event = TranscriptEvent(event_id, sse.event, json.loads(sse.data))

@@ -181,3 +181,22 @@ def test_progress_subscribers_see_every_stride_and_the_same_ids(service: Service
 
 async def _collect_progress(client: ParastreamClient, session_id: str) -> list[TranscriptEvent]:
     return [event async for event in client.events(session_id, progress=True)]
+
+
+def test_keepalive_pings_are_not_events(model_dir: Path) -> None:
+    """A stream idle longer than the ping interval gets keep-alive comments; clients must see no event for them."""
+    with ServiceProcess(model_dir, workers=1, sse_ping_s=0.2) as svc:
+
+        async def run() -> list[TranscriptEvent]:
+            async with ParastreamClient(svc.base_url) as client:
+                sid = (await client.create_session())["id"]
+                events = asyncio.create_task(_collect(client, sid))
+                await client.append(sid, synth_speechlike(1.0, seed=3))
+                await asyncio.sleep(1.0)  # several pings after the first partial
+                await client.close(sid)
+                return await asyncio.wait_for(events, 30)
+
+        events = asyncio.run(run())
+        assert [e.type for e in events][-1] == "final"
+        assert all(e.type in ("partial", "final") for e in events)
+    svc.remove_log()
