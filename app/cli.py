@@ -85,15 +85,13 @@ async def _serve(overrides: dict[str, object]) -> int:
         log.error("cannot start: %s", exc)
         await engine.stop()
         return 2
+    from app.server import DrainingServer
+
     app = create_app(settings, engine)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
-        log_level="info",
-    )
-    await uvicorn.Server(config).serve()
+    # The drain takes most of the grace; uvicorn gets a second for connections still open after it.
+    drain_s = max(0.0, settings.shutdown_grace_s - 1.0)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=1, log_level="info")
+    await DrainingServer(config, engine, drain_s).serve()
     return 0
 
 

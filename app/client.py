@@ -48,10 +48,14 @@ class ParastreamClient:
         r.raise_for_status()
         return r.json()
 
-    async def append(self, session_id: str, pcm: np.ndarray | bytes) -> dict[str, Any]:
+    async def append(self, session_id: str, pcm: np.ndarray | bytes, offset: int | None = None) -> dict[str, Any]:
+        """Append PCM; with `offset` (index of its first sample) the append is safe to retry."""
         body = pcm.astype("<i2").tobytes() if isinstance(pcm, np.ndarray) else pcm
         r = await self.http.post(
-            f"/v1/sessions/{session_id}/audio", content=body, headers={"Content-Type": "application/octet-stream"}
+            f"/v1/sessions/{session_id}/audio",
+            content=body,
+            headers={"Content-Type": "application/octet-stream"},
+            params={"offset": offset} if offset is not None else None,
         )
         r.raise_for_status()
         return r.json()

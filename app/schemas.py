@@ -26,11 +26,12 @@ class SessionInfo(BaseModel):
     decoder_chunk_look_back: int
     samples_received: int = Field(description="Samples received so far, at the session's sample rate")
     samples_processed: int = Field(description="Samples the worker has transcribed, at the session's sample rate")
-    worker: int = Field(description="Worker slot serving this session")
+    worker: int | None = Field(description="Worker slot serving this session (null while it moves after a crash)")
     text: str = Field(description="Transcript so far")
     tokens: int = Field(description="Tokens so far")
     events: int = Field(description="Events emitted so far (the last event id)")
     close_reason: str | None = None
+    restores: int = Field(0, description="Times the session was carried over to another worker after a crash")
 
 
 class AppendResult(BaseModel):

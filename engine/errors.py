@@ -55,3 +55,9 @@ class InvalidOptions(EngineError):
     """Session options FunASR cannot run with (chunk_size, sample_rate, look-backs)."""
 
     code = "invalid_options"
+
+
+class OffsetGap(EngineError):
+    """An append whose `offset` is past the end of the audio received: applying it would leave a hole."""
+
+    code = "offset_gap"

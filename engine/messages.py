@@ -47,6 +47,23 @@ class OpenSession:
 
 
 @dataclass(frozen=True)
+class RestoreSession:
+    """Carry on a session whose worker died: load its snapshot, replay the ring from there.
+
+    `processed_pos` and `tokens_seen` are what the API process has already heard, so the worker can send what the
+    dead worker computed (and snapshotted) but never reported, and nothing twice. `end_pos` is set if the session
+    was closing."""
+
+    session_id: str
+    ring_name: str
+    options: StreamOptions
+    processed_pos: int
+    tokens_seen: int
+    end_pos: int | None = None
+    close_reason: str = ""
+
+
+@dataclass(frozen=True)
 class AudioReady:
     """A wake-up: more audio is in the ring. The ring header, not this message, says how much."""
 
@@ -77,7 +94,7 @@ class Shutdown:
     pass
 
 
-ToWorker = OpenSession | AudioReady | CloseSession | AbortSession | Ping | Shutdown
+ToWorker = OpenSession | RestoreSession | AudioReady | CloseSession | AbortSession | Ping | Shutdown
 
 
 # --- worker -> API process -------------------------------------------------------------------------------------
@@ -119,6 +136,7 @@ class StrideDone:
     final: bool = False
     reason: str = ""
     compute_s: float = 0.0
+    snapshot_s: float = 0.0  # time spent saving the session's snapshot after this stride
 
 
 @dataclass(frozen=True)

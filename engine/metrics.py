@@ -16,4 +16,10 @@ STRIDE_COMPUTE = Histogram(
     "Worker compute time per stride",
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0),
 )
+STRIDE_SNAPSHOT = Histogram(
+    "parastream_stride_snapshot_seconds",
+    "Time to save a session's snapshot after a stride (what crash recovery costs)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+)
+SESSIONS_RESTORED = Counter("parastream_sessions_restored_total", "Sessions carried over to another worker after a crash")
 WORKER_RESTARTS = Counter("parastream_worker_restarts_total", "Workers lost and replaced")

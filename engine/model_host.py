@@ -164,6 +164,11 @@ def _worker_child(config: HostConfig, model: object, msg: SpawnWorker) -> None:
 
     from engine.worker.process import run_worker
 
+    # Fault injection for the boot-failure tests: while this file exists, workers die as they boot. Not a setting;
+    # an operator never sets it.
+    fail_file = os.environ.get("PARASTREAM_TEST_FAIL_BOOT_FILE")
+    if fail_file and os.path.exists(fail_file):
+        raise RuntimeError(f"injected boot failure ({fail_file} exists)")
     if msg.cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(msg.cpus))
     torch.set_num_threads(config.worker_threads)

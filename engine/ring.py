@@ -10,7 +10,8 @@ Byte layout of one segment (all integers little-endian, fields 8-byte aligned so
     8       8     capacity   ring size in samples (u64)
     16      8     write_pos  samples ever written (u64); only the writer (HTTP process) stores it
     24      8     read_pos   samples ever released (u64); only the reader (worker) stores it
-    32      32    reserved
+    32      8     snapshot   generation of the session's current snapshot segment (u64, 0 = none; engine.snapshot)
+    40      24    reserved
     64      2*capacity  data: 16 kHz mono int16 samples; absolute sample p lives at 64 + 2 * (p % capacity)
 
 Positions are absolute sample counts that only grow, so `write_pos - read_pos` is the number of samples held and
@@ -20,7 +21,9 @@ stores become visible in program order, so a reader never sees a position ahead 
 
 When the ring is full: `RingWriter.write` refuses the whole append with `RingFull` (nothing is written, nothing is
 dropped); the HTTP layer turns that into `429` with `Retry-After`. The reader releases samples only after it has
-processed them, so the writer can never overwrite audio that a worker has yet to use.
+processed them *and* saved a snapshot of the session's state past them (`engine.snapshot`), so the ring always
+holds every sample a replacement worker needs to replay after a crash, and the writer can never overwrite audio
+that a worker has yet to use.
 
 Segment names are `parastream_<owner pid>_<token>`. The segments are deliberately *not* registered with Python's
 `resource_tracker`: on Python 3.11 every process that merely attaches registers the name too, and its tracker would
@@ -45,7 +48,7 @@ SEGMENT_PREFIX = "parastream_"
 HEADER_BYTES = 64
 MAGIC = b"PSRING01"
 _SHM_DIR = "/dev/shm"
-_NAME_RE = re.compile(rf"^{SEGMENT_PREFIX}(\d+)_[0-9a-f]+$")
+_NAME_RE = re.compile(rf"^{SEGMENT_PREFIX}(\d+)_[0-9a-f]+(?:_s\d+)?$")  # a ring, or a ring's snapshot (_s<gen>)
 
 
 class RingFull(Exception):
@@ -131,6 +134,10 @@ class _Ring:
         return int(self._header[3])
 
     @property
+    def snapshot_gen(self) -> int:
+        return int(self._header[4])
+
+    @property
     def used(self) -> int:
         return self.write_pos - self.read_pos
 
@@ -176,9 +183,13 @@ class RingWriter(_Ring):
         return start + n
 
     def unlink(self) -> None:
+        """Unlink the ring and every snapshot segment of its session."""
         with contextlib.suppress(BufferError):
             self.close()
         unlink_segment(self.name)
+        for name in list_segments():
+            if name.startswith(f"{self.name}_s"):
+                unlink_segment(name)
 
 
 class RingReader(_Ring):
@@ -204,6 +215,9 @@ class RingReader(_Ring):
         if first < n:
             out[first:] = self._data[: n - first]
         return out
+
+    def publish_snapshot(self, generation: int) -> None:
+        self._header[4] = generation
 
     def release(self, upto: int) -> None:
         """Give back every sample before absolute position `upto` to the writer."""

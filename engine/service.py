@@ -18,13 +18,14 @@ import numpy as np
 
 from engine import metrics
 from engine.audio import MODEL_SAMPLE_RATE, SUPPORTED_SAMPLE_RATES, Upsampler2x, check_pcm
-from engine.errors import BufferFull, InvalidOptions, NotReady, ServiceFull, SessionNotFound, SessionNotOpen
+from engine.errors import BufferFull, InvalidOptions, NotReady, OffsetGap, ServiceFull, SessionNotFound, SessionNotOpen
 from engine.messages import (
     AbortSession,
     AudioReady,
     CloseSession,
     FromWorker,
     OpenSession,
+    RestoreSession,
     SessionFailed,
     StreamOptions,
     StrideDone,
@@ -53,10 +54,12 @@ class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.sessions: dict[str, Session] = {}
-        self.supervisor = Supervisor(settings, self._on_worker_message, self._on_worker_lost)
+        self.supervisor = Supervisor(settings, self._on_worker_message, self._on_worker_lost, self._place_orphans)
+        self._orphans: dict[str, None] = {}  # sessions whose worker died, waiting for a ready one (in order)
         self.accepting = False
         self.started = False
         self.stopped = False
+        self.draining = False
         self._reaper: asyncio.Task[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------------
@@ -77,6 +80,31 @@ class Engine:
                 return False
             await asyncio.sleep(0.05)
         return self.ready
+
+    async def drain(self, timeout: float) -> None:
+        """Finish what was received, then end every session (SIGTERM).
+
+        New sessions and new audio are refused from now on. Each open session's full strides already in its ring
+        are transcribed; closed sessions get their final. What is still open when that is done, or when `timeout`
+        runs out, gets an `error` event saying the server is shutting down."""
+        self.accepting = False
+        self.draining = True
+        targets = {s.id: s.ring_pos // s.options.stride_samples * s.options.stride_samples for s in self._live()}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            busy = [
+                s for s in self._live()
+                if s.state is SessionState.CLOSING or s.processed_pos < targets.get(s.id, 0)
+            ]
+            if not busy:
+                break
+            await asyncio.sleep(0.05)
+        for session in self._live():
+            done = session.samples_processed
+            self._fail(session, "shutdown", f"the server is shutting down; audio up to sample {done} was transcribed")
+
+    def _live(self) -> list[Session]:
+        return [s for s in self.sessions.values() if s.state.holds_resources]
 
     async def stop(self) -> None:
         if self.stopped:
@@ -104,7 +132,7 @@ class Engine:
         if sample_rate not in SUPPORTED_SAMPLE_RATES:
             raise InvalidOptions(f"sample_rate must be one of {list(SUPPORTED_SAMPLE_RATES)}")
         if not self.accepting:
-            raise NotReady("the server is not accepting sessions", retry_after_s=5)
+            raise NotReady("the server is not accepting sessions (starting or shutting down)", retry_after_s=5)
         if self.open_sessions() >= self.settings.max_sessions:
             metrics.SESSIONS_REJECTED.labels("full").inc()
             raise ServiceFull(
@@ -124,6 +152,7 @@ class Engine:
             slot.index,
             ring,
             upsampler=Upsampler2x() if sample_rate != MODEL_SAMPLE_RATE else None,
+            history=self.settings.event_history,
         )
         self.sessions[session_id] = session
         slot.sessions.add(session_id)
@@ -138,12 +167,26 @@ class Engine:
             raise SessionNotFound(f"no session {session_id}")
         return session
 
-    def append(self, session_id: str, body: bytes) -> Session:
+    def append(self, session_id: str, body: bytes, offset: int | None = None) -> Session:
+        """Append PCM. With `offset` (the sample index of the body's first sample) a retry is safe: samples already
+        received are acknowledged and skipped, and an offset past the end is refused with the expected one."""
         session = self.get(session_id)
-        if session.state is not SessionState.OPEN or session.ring is None:
-            raise SessionNotOpen(f"session {session_id} is {session.state.value}; it takes no more audio")
         n = check_pcm(body)
         pcm = np.frombuffer(body, dtype="<i2")
+        if offset is not None:
+            if offset > session.samples_received:
+                raise OffsetGap(
+                    f"offset {offset} would leave a gap: {session.samples_received} samples received so far",
+                    expected_offset=session.samples_received,
+                )
+            pcm = pcm[session.samples_received - offset :]
+            if not len(pcm):
+                return session  # all of it was received before: acknowledge, apply nothing
+            n = len(pcm)
+        if session.state is not SessionState.OPEN or session.ring is None:
+            raise SessionNotOpen(f"session {session_id} is {session.state.value}; it takes no more audio")
+        if self.draining:
+            raise NotReady("the server is shutting down; it takes no more audio", retry_after_s=5)
         needed = n * MODEL_SAMPLE_RATE // session.sample_rate
         if needed > session.ring.free:  # checked before the resampler's state moves
             metrics.APPENDS_REJECTED.inc()
@@ -170,7 +213,8 @@ class Engine:
         if session.state is SessionState.OPEN:
             session.state = SessionState.CLOSING
             session.close_reason = reason
-            self.supervisor.send(session.worker, CloseSession(session_id, session.ring_pos, reason))
+            session.end_pos = session.ring_pos
+            self.supervisor.send(session.worker, CloseSession(session_id, session.end_pos, reason))
         elif session.state is not SessionState.CLOSING and session.state is not SessionState.FINISHED:
             raise SessionNotOpen(f"session {session_id} is {session.state.value}")
         return session  # closing twice is harmless: the client may have lost the first answer
@@ -198,6 +242,7 @@ class Engine:
     def _on_stride(self, session: Session, msg: StrideDone) -> None:
         metrics.STRIDES.inc()
         metrics.STRIDE_COMPUTE.observe(msg.compute_s)
+        metrics.STRIDE_SNAPSHOT.observe(msg.snapshot_s)
         session.advance(msg.processed_pos)
         done = session.samples_processed
         if msg.tokens:
@@ -213,11 +258,57 @@ class Engine:
             )
 
     def _on_worker_lost(self, slot: int, why: str) -> None:
-        for session_id in list(self.supervisor.slots[slot].sessions):
+        """The worker's sessions are not lost: their state is in their snapshots and their audio in their rings.
+        Each goes to a ready worker (maybe the replacement in the same slot), which carries on from there."""
+        lost = self.supervisor.slots[slot].sessions
+        for session_id in list(lost):
             session = self.sessions.get(session_id)
             if session is not None and session.state.holds_resources:
-                self._fail(session, "worker_died", f"the session's worker died ({why})")
+                session.worker = None
+                self._orphans[session_id] = None
+        lost.clear()
         metrics.WORKER_RESTARTS.inc()
+        self._place_orphans()
+
+    def _place_orphans(self, _ready_slot: int | None = None) -> None:
+        if not self._orphans:
+            return
+        if not self.supervisor.ready_slots():
+            if not self.supervisor.any_hope:  # every slot is halted: nobody will ever take them
+                for session_id in list(self._orphans):
+                    session = self.sessions.get(session_id)
+                    self._orphans.pop(session_id)
+                    if session is not None and session.state.holds_resources:
+                        self._fail(session, "worker_died", "its worker died and no healthy worker is left")
+            return
+        for session_id in list(self._orphans):
+            self._orphans.pop(session_id)
+            session = self.sessions.get(session_id)
+            if session is None or not session.state.holds_resources or session.ring is None:
+                continue
+            if session.restores >= self.settings.max_session_restores:
+                # A session that keeps killing workers (a poison input) must not take them all down in turn.
+                self._fail(session, "worker_died", f"its worker died {session.restores + 1} times; giving up on it")
+                continue
+            slot = min(self.supervisor.ready_slots(), key=lambda s: (len(s.sessions), s.index))
+            session.worker = slot.index
+            session.restores += 1
+            slot.sessions.add(session_id)
+            closing = session.state is SessionState.CLOSING
+            self.supervisor.send(
+                slot.index,
+                RestoreSession(
+                    session_id,
+                    session.ring.name,
+                    session.options,
+                    session.processed_pos,
+                    len(session.tokens),
+                    session.end_pos if closing else None,
+                    session.close_reason,
+                ),
+            )
+            metrics.SESSIONS_RESTORED.inc()
+            log.warning("session %s restored on worker %d (restore %d)", session_id, slot.index, session.restores)
 
     # --- endings ------------------------------------------------------------------------------------------
 
@@ -229,7 +320,9 @@ class Engine:
         """Free what the session holds; the record itself stays readable for finished_session_ttl_s."""
         session.state = state
         session.ended_at = time.monotonic()
-        self.supervisor.slots[session.worker].sessions.discard(session.id)
+        self._orphans.pop(session.id, None)
+        if session.worker is not None:
+            self.supervisor.slots[session.worker].sessions.discard(session.id)
         if session.ring is not None:
             session.ring.unlink()
             session.ring = None

@@ -2,7 +2,9 @@
 
 Events get ids 1, 2, 3, ... in the order they happen. The log is what makes SSE resume work: a subscriber that
 reconnects with `Last-Event-ID: n` reads from event n+1 on, then waits for live ones. Any number of subscribers read
-the same log; none of them can slow the others, because each only holds its own position.
+the same log; none of them can slow the others or grow memory, because each holds only its own position (a
+subscriber that stops reading is cut off by the SSE send timeout and resumes from the log). The log keeps the last
+`PARASTREAM_EVENT_HISTORY` events; a resume point older than that is reported as a gap, never silently skipped.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class Session:
     id: str
     options: StreamOptions
     sample_rate: int
-    worker: int
+    worker: int | None  # None while its worker is dead and it waits for another
     ring: RingWriter | None
     state: SessionState = SessionState.OPEN
     samples_received: int = 0  # at the client's sample rate
@@ -53,11 +55,15 @@ class Session:
     tokens: list[str] = field(default_factory=list)
     text: str = ""
     close_reason: str = ""
+    end_pos: int | None = None  # ring position at close: the final step covers audio up to here
+    restores: int = 0  # times the session was carried over to another worker after a crash
     created_at: float = field(default_factory=time.monotonic)
     last_audio_at: float = field(default_factory=time.monotonic)
     ended_at: float | None = None
     upsampler: Upsampler2x | None = None
+    history: int = 1000  # events kept for resume
     events: list[Event] = field(default_factory=list)
+    dropped: int = 0  # events trimmed from the front of the log; event id i sits at events[i - 1 - dropped]
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -69,9 +75,17 @@ class Session:
         """Processed audio at the client's rate (the worker counts 16 kHz samples)."""
         return self.processed_pos * self.sample_rate // 16_000
 
+    @property
+    def last_event_id(self) -> int:
+        return self.dropped + len(self.events)
+
     def emit(self, type_: str, data: dict[str, Any]) -> Event:
-        event = Event(len(self.events) + 1, type_, data)
+        event = Event(self.last_event_id + 1, type_, data)
         self.events.append(event)
+        if len(self.events) > 2 * self.history:  # trim in batches: amortised O(1) per event
+            cut = len(self.events) - self.history
+            del self.events[:cut]
+            self.dropped += cut
         self._wake()
         return event
 
@@ -90,13 +104,13 @@ class Session:
         return bool(self.events) and self.events[-1].type in TERMINAL_EVENTS
 
     async def events_after(self, last_id: int, processed_seen: int | None = None) -> list[Event]:
-        """Events with id > last_id, waiting for at least one unless the log has ended. With `processed_seen`,
-        also return (maybe with no event) as soon as the processed count differs from it."""
-        while len(self.events) <= last_id and not self.ended:
+        """Events with id > last_id still in the log, waiting for at least one unless the log has ended. With
+        `processed_seen`, also return (maybe with no event) as soon as the processed count differs from it."""
+        while self.last_event_id <= last_id and not self.ended:
             if processed_seen is not None and self.samples_processed != processed_seen:
                 break
             await self._changed.wait()
-        return self.events[last_id:]
+        return self.events[max(0, last_id - self.dropped) :]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -111,6 +125,7 @@ class Session:
             "worker": self.worker,
             "text": self.text,
             "tokens": len(self.tokens),
-            "events": len(self.events),
+            "events": self.last_event_id,
             "close_reason": self.close_reason or None,
+            "restores": self.restores,
         }

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Per-session ring capacity in seconds of 16 kHz audio; a full ring answers 429."
     )
 
+    event_history: int = Field(
+        1000, ge=1, description="Events kept per session for SSE resume; an older resume point is reported as a gap."
+    )
+
     # --- SSE ---
     sse_ping_s: float = Field(15.0, gt=0, description="Keep-alive comment interval on event streams.")
     sse_send_timeout_s: float = Field(30.0, gt=0, description="A subscriber that accepts nothing for this long is dropped.")
@@ -62,6 +66,9 @@ class Settings(BaseSettings):
     worker_boot_timeout_s: float = Field(600.0, gt=0, description="Longest a worker or the model host may take to load.")
     max_boot_failures: int = Field(
         3, ge=1, description="Consecutive failed worker boots in one slot before the service stops respawning it."
+    )
+    max_session_restores: int = Field(
+        3, ge=0, description="Times one session may be carried over after its worker died before it ends in error."
     )
     shutdown_grace_s: float = Field(10.0, ge=0, description="Time to finish received audio on SIGTERM.")
 

@@ -33,6 +33,7 @@ from multiprocessing.connection import Connection, Listener
 
 from engine.errors import EngineBootError
 from engine.messages import (
+    AudioReady,
     FromWorker,
     Hello,
     HostConfig,
@@ -51,6 +52,8 @@ from engine.model_host import host_main
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
+
+WAKEUP_BACKLOG = 256  # queued messages past which AudioReady hints to a worker are dropped
 
 
 @dataclass
@@ -94,10 +97,12 @@ class Supervisor:
         settings: Settings,
         on_message: Callable[[int, FromWorker], None],
         on_lost: Callable[[int, str], None],
+        on_ready: Callable[[int], None] = lambda slot: None,
     ) -> None:
         self.settings = settings
         self._on_message = on_message
         self._on_lost = on_lost
+        self._on_ready = on_ready
         self.slots: list[WorkerSlot] = []
         self.halt_reason: str | None = None
         self._stopping = False
@@ -201,10 +206,21 @@ class Supervisor:
     def ready_slots(self) -> list[WorkerSlot]:
         return [slot for slot in self.slots if slot.ready]
 
-    def send(self, slot_index: int, msg: ToWorker) -> bool:
+    @property
+    def any_hope(self) -> bool:
+        """Some slot is ready or still being (re)started, so a session waiting for a worker will get one."""
+        return not self._stopping and any(not slot.halted for slot in self.slots)
+
+    def send(self, slot_index: int | None, msg: ToWorker) -> bool:
+        if slot_index is None:  # the session is between workers; its restore message will carry the news
+            return False
         slot = self.slots[slot_index]
         if slot.outbox is None:
             return False
+        if isinstance(msg, AudioReady) and slot.outbox.qsize() > WAKEUP_BACKLOG:
+            # A wake-up is only a hint (a worker also polls its rings every second): with a backlog this deep the
+            # worker is busy, and more hints would only grow the queue without bound.
+            return True
         slot.outbox.put(msg)
         return True
 
@@ -232,7 +248,6 @@ class Supervisor:
         if self._stopping:
             return
         log.error("worker %d (pid %s) lost: %s", slot.index, slot.pid, why)
-        self._on_lost(slot.index, why)
         slot.boot_failures = 0 if was_ready else slot.boot_failures + 1
         if slot.boot_failures >= self.settings.max_boot_failures:
             slot.halted = True
@@ -241,9 +256,10 @@ class Supervisor:
                 "not respawning it (PARASTREAM_MAX_BOOT_FAILURES)"
             )
             log.error(self.halt_reason)
-            return
-        slot.restarts += 1
-        self._spawn(slot)
+        else:
+            slot.restarts += 1
+            self._spawn(slot)
+        self._on_lost(slot.index, why)  # after the slot's fate is known: its sessions go to whoever can take them
 
     def _kill(self, slot: WorkerSlot, sig: int = signal.SIGKILL) -> None:
         if slot.pid:
@@ -280,6 +296,7 @@ class Supervisor:
                 slot.ready = True
                 slot.boot_failures = 0
                 log.info("worker %d ready (pid %s, %s, cpus %s)", slot.index, slot.pid, msg.device, list(msg.cpus))
+                self._on_ready(slot.index)
             case Pong():
                 slot.last_pong = time.monotonic()
                 slot.stats = msg

@@ -3,7 +3,8 @@
 Events: `partial` (a stride's new tokens and the whole text so far), then one `final` (all tokens, the text, and
 why it ended) or one `error`. Ids count up from 1 per session. With `?progress=true` a subscriber also gets
 `progress` events (`samples_processed`) for strides that produced no tokens; they carry no id, so that every
-subscriber sees the same gap-free id sequence and resume points mean the same for all. A client that reconnects with `Last-Event-ID: n`
+subscriber sees the same gap-free id sequence and resume points mean the same for all. A resume point older than
+the retained history (`PARASTREAM_EVENT_HISTORY`) gets one id-less `gap` event saying how many events are gone. A client that reconnects with `Last-Event-ID: n`
 gets every event after n, then the live ones; after the terminal event the stream ends. Keep-alive pings and a send
 timeout keep dead connections from piling up.
 """
@@ -57,6 +58,9 @@ def _parse_last_event_id(value: str | None) -> int:
 
 async def _stream(session: Session, after: int, progress: bool) -> AsyncIterator[ServerSentEvent]:
     seen = session.samples_processed if progress else None
+    if after < session.dropped:  # say plainly that part of what the client asks for is gone
+        gap = {"code": "history_lost", "missed": session.dropped - after, "first_available_id": session.dropped + 1}
+        yield ServerSentEvent(json.dumps(gap), event="gap")
     while True:
         events = await session.events_after(after, seen)
         for event in events:
@@ -64,7 +68,7 @@ async def _stream(session: Session, after: int, progress: bool) -> AsyncIterator
             seen = event.data.get("samples_processed", seen) if progress else None
         if events:
             after = events[-1].id
-        if session.ended and after >= len(session.events):
+        if session.ended and after >= session.last_event_id:
             return
         if progress and session.samples_processed != seen:
             seen = session.samples_processed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
 from app.body import read_pcm_body
 from app.deps import get_engine, get_settings
@@ -45,11 +45,24 @@ async def get_session(session_id: str, engine: EngineDep) -> dict[str, object]:
         }
     },
 )
-async def append_audio(session_id: str, request: Request, engine: EngineDep, settings: SettingsDep) -> dict[str, object]:
-    """Append raw PCM. 429 with Retry-After when the session's buffer is full (nothing is written then)."""
+async def append_audio(
+    session_id: str,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    offset: Annotated[
+        int | None,
+        Query(ge=0, description="Sample index of the body's first sample; makes a retried append safe"),
+    ] = None,
+) -> dict[str, object]:
+    """Append raw PCM. 429 with Retry-After when the session's buffer is full (nothing is written then).
+
+    With `?offset=`, audio already received is acknowledged without being applied twice, and an offset past the end
+    is refused with 409 `offset_gap` and `expected_offset`. The answer always gives `samples_received`, the end
+    offset, so a client that lost an answer knows where to resume."""
     engine.get(session_id)  # 404 before reading a body we would throw away
     body = await read_pcm_body(request, settings.max_append_bytes)
-    session = engine.append(session_id, body)
+    session = engine.append(session_id, body, offset)
     return {"id": session.id, "samples_received": session.samples_received}
 
 

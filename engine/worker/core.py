@@ -23,11 +23,13 @@ from engine.messages import (
     CloseSession,
     FromWorker,
     OpenSession,
+    RestoreSession,
     SessionFailed,
     StreamOptions,
     StrideDone,
 )
 from engine.ring import RingReader
+from engine.snapshot import SnapshotStore
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ def pcm_to_float(pcm: np.ndarray) -> np.ndarray:
 class SessionState:
     session_id: str
     ring: RingReader
+    snapshots: SnapshotStore
     options: StreamOptions
     cache: dict[str, Any]
     cursor: int = 0  # absolute ring position processed up to
@@ -80,7 +83,7 @@ class WorkerCore:
 
     # --- messages in ---------------------------------------------------------------------------------------
 
-    def open(self, msg: OpenSession) -> list[FromWorker]:
+    def open(self, msg: OpenSession | RestoreSession) -> list[FromWorker]:
         if msg.session_id in self.sessions:
             return [SessionFailed(msg.session_id, "session opened twice on one worker")]
         try:
@@ -88,8 +91,24 @@ class WorkerCore:
         except (FileNotFoundError, ValueError) as exc:
             # The session was aborted before we got here; nothing to do but say so.
             return [SessionFailed(msg.session_id, f"audio ring unavailable: {exc}")]
-        cache = self.model.new_cache(msg.options)
-        self.sessions[msg.session_id] = SessionState(msg.session_id, ring, msg.options, cache)
+        store = SnapshotStore(ring)
+        state = SessionState(msg.session_id, ring, store, msg.options, self.model.new_cache(msg.options))
+        self.sessions[msg.session_id] = state
+        return self._restore(state, msg) if isinstance(msg, RestoreSession) else []
+
+    def _restore(self, state: SessionState, msg: RestoreSession) -> list[FromWorker]:
+        """Take over from the last snapshot; report what the dead worker computed but never sent."""
+        try:
+            snapshot = state.snapshots.load()
+        except Exception as exc:  # a torn or foreign segment: this session cannot be recovered
+            self._drop(msg.session_id)
+            return [SessionFailed(msg.session_id, f"snapshot unreadable: {type(exc).__name__}: {exc}")]
+        if snapshot is not None:
+            state.cache, state.cursor, state.tokens = snapshot.cache, snapshot.cursor, list(snapshot.tokens)
+        state.end_pos, state.close_reason = msg.end_pos, msg.close_reason
+        if state.cursor > msg.processed_pos:
+            missed = state.tokens[msg.tokens_seen :]
+            return [StrideDone(msg.session_id, state.cursor, tuple(missed), self.model.text(state.tokens))]
         return []
 
     def close(self, msg: CloseSession) -> list[FromWorker]:
@@ -134,8 +153,15 @@ class WorkerCore:
         compute_s = time.perf_counter() - started
         self.strides += 1
         state.cursor += n
-        state.ring.release(state.cursor)
         state.tokens.extend(tokens)
+        snapshot_s = 0.0
+        if not is_final:
+            # Snapshot first, release second: until the snapshot covers them, a replacement needs these samples.
+            # (The final step needs no snapshot: after a crash it is simply run again from the last one.)
+            saved = time.perf_counter()
+            state.snapshots.save(state.cursor, state.tokens, state.cache)
+            snapshot_s = time.perf_counter() - saved
+            state.ring.release(state.cursor)
         text = self.model.text(state.tokens) if tokens or is_final else ""
         msg = StrideDone(
             session_id,
@@ -145,6 +171,7 @@ class WorkerCore:
             final=is_final,
             reason=state.close_reason if is_final else "",
             compute_s=compute_s,
+            snapshot_s=snapshot_s,
         )
         if is_final:
             self._drop(session_id)
@@ -162,4 +189,5 @@ class WorkerCore:
     def _drop(self, session_id: str) -> None:
         state = self.sessions.pop(session_id, None)
         if state is not None:
+            state.snapshots.close()
             state.ring.close()

@@ -18,6 +18,7 @@ from engine.messages import (
     Hello,
     OpenSession,
     Ping,
+    RestoreSession,
     Pong,
     Shutdown,
     ToWorker,
@@ -61,7 +62,7 @@ def serve(conn: Connection, core: WorkerCore, ready: WorkerReady) -> None:
 def handle(conn: Connection, core: WorkerCore, msg: ToWorker) -> bool:
     """Apply one message; False means stop."""
     match msg:
-        case OpenSession():
+        case OpenSession() | RestoreSession():
             replies = core.open(msg)
         case AudioReady():
             replies = []  # the ring header says how much; the wake-up itself was the point

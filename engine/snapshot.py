@@ -1,0 +1,134 @@
+"""Session snapshots in shared memory: what lets a replacement worker carry on a session exactly.
+
+After every non-final stride, the worker pickles the session's state (the FunASR cache, the ring position it covers,
+and the tokens so far) into the session's snapshot segment, and only *then* releases the ring up to that position.
+So at any moment the snapshot plus the audio still in the ring is everything the session needs. When a worker dies,
+another one loads the snapshot and replays the ring from the snapshot's position: the strides it computes are the
+ones the dead worker would have computed, with the same state, so the transcript is identical.
+
+Segment layout (`<ring name>_s<generation>`; little-endian u64 fields)::
+
+    0   8  magic      b"PSSNAP01"
+    8   8  slot_size  bytes available to one snapshot
+    16  8  active     which slot holds the latest complete snapshot (0 or 1)
+    24  40 reserved
+    64     slot 0: length (u64) + pickled (cursor, tokens, cache), up to slot_size bytes
+    64 + 8 + slot_size   slot 1, likewise
+
+Writes go to the slot that is *not* active, and `active` flips only after the write is complete, so a worker that
+dies mid-write leaves the previous snapshot intact. A snapshot too big for its slot moves the session to a new,
+larger segment (the next generation): it is written there first, then published in the ring header (offset 32), then
+the old segment is unlinked. The API process owns the segments' names and unlinks them with the ring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+from dataclasses import dataclass
+from multiprocessing.shared_memory import SharedMemory
+from typing import Any
+
+import numpy as np
+
+from engine.ring import RingReader, _untracked, unlink_segment
+
+MAGIC = b"PSSNAP01"
+HEADER_BYTES = 64
+LENGTH_BYTES = 8
+MIN_SLOT_BYTES = 1 << 20
+HEADROOM = 2  # a slot holds twice the first snapshot: the FunASR cache grows over a session's first strides
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    cursor: int  # ring position the state covers: replay starts here
+    tokens: list[str]
+    cache: dict[str, Any]
+
+
+def segment_name(ring_name: str, generation: int) -> str:
+    return f"{ring_name}_s{generation}"
+
+
+class SnapshotStore:
+    """One session's snapshots, written by the worker that serves it."""
+
+    def __init__(self, ring: RingReader) -> None:
+        self.ring = ring
+        self.generation = ring.snapshot_gen
+        self._shm: SharedMemory | None = None
+        if self.generation:  # carrying on after a restore: keep writing where the last worker did
+            with _untracked():
+                self._shm = SharedMemory(name=segment_name(ring.name, self.generation))
+
+    def save(self, cursor: int, tokens: list[str], cache: dict[str, Any]) -> None:
+        blob = pickle.dumps((cursor, tokens, cache), protocol=pickle.HIGHEST_PROTOCOL)
+        if self._shm is None or len(blob) > self._slot_size():
+            self._move_to_new_segment(blob)
+            return
+        slot = 1 - self._header()[2]
+        self._write(slot, blob)
+        self._header()[2] = slot  # publish: only now is the new snapshot the one a restore reads
+
+    def load(self) -> Snapshot | None:
+        if self._shm is None:
+            return None
+        slot = int(self._header()[2])
+        offset = self._slot_offset(slot)
+        length = int(np.frombuffer(self._shm.buf, dtype="<u8", count=1, offset=offset)[0])
+        cursor, tokens, cache = pickle.loads(self._shm.buf[offset + LENGTH_BYTES : offset + LENGTH_BYTES + length])
+        return Snapshot(cursor, tokens, cache)
+
+    def close(self) -> None:
+        if self._shm is not None:
+            with contextlib.suppress(BufferError):
+                self._shm.close()
+            self._shm = None
+
+    # --- layout -------------------------------------------------------------------------------------------
+
+    def _header(self) -> np.ndarray:
+        assert self._shm is not None
+        return np.ndarray((HEADER_BYTES // 8,), dtype="<u8", buffer=self._shm.buf)
+
+    def _slot_size(self) -> int:
+        return int(self._header()[1])
+
+    def _slot_offset(self, slot: int) -> int:
+        return HEADER_BYTES + slot * (LENGTH_BYTES + self._slot_size())
+
+    def _write(self, slot: int, blob: bytes) -> None:
+        assert self._shm is not None
+        offset = self._slot_offset(slot)
+        self._shm.buf[offset : offset + LENGTH_BYTES] = len(blob).to_bytes(8, "little")
+        self._shm.buf[offset + LENGTH_BYTES : offset + LENGTH_BYTES + len(blob)] = blob
+
+    def _move_to_new_segment(self, blob: bytes) -> None:
+        old = self._shm
+        generation = self.generation + 1
+        slot_size = max(MIN_SLOT_BYTES, HEADROOM * len(blob))
+        with _untracked():
+            shm = SharedMemory(
+                name=segment_name(self.ring.name, generation),
+                create=True,
+                size=HEADER_BYTES + 2 * (LENGTH_BYTES + slot_size),
+            )
+        shm.buf[:8] = MAGIC
+        self._shm = shm
+        header = self._header()
+        header[1], header[2] = slot_size, 0
+        self._write(0, blob)
+        self.ring.publish_snapshot(generation)  # a restore now finds the new segment
+        if old is not None:
+            old.close()
+            unlink_segment(segment_name(self.ring.name, self.generation))
+        self.generation = generation
+
+
+def load_snapshot(ring: RingReader) -> Snapshot | None:
+    store = SnapshotStore(ring)
+    try:
+        return store.load()
+    finally:
+        store.close()
