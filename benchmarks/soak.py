@@ -43,9 +43,16 @@ def _fds(pid: int) -> int:
         return 0
 
 
+def _size(name: str) -> int:
+    try:
+        return os.path.getsize(f"/dev/shm/{name}")
+    except FileNotFoundError:  # unlinked between listing and looking: a session just ended
+        return 0
+
+
 def _shm(api_pid: int) -> tuple[int, int]:
     names = [n for n in list_segments() if n.startswith(f"parastream_{api_pid}_")]
-    return len(names), sum(os.path.getsize(f"/dev/shm/{n}") for n in names)
+    return len(names), sum(_size(n) for n in names)
 
 
 class Timeline:
@@ -53,6 +60,7 @@ class Timeline:
 
     def __init__(self, root: int, every: float) -> None:
         self.root, self.every, self.samples = root, every, []
+        self.skipped: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -74,7 +82,10 @@ class Timeline:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
-            self.samples.append(self.sample())
+            try:
+                self.samples.append(self.sample())
+            except OSError as exc:  # a process or file vanished mid-sample: skip this one, never stop sampling
+                self.skipped.append(repr(exc))
 
     def __enter__(self) -> Timeline:
         self._thread.start()
@@ -128,6 +139,8 @@ def run_soak(model_dir: Path, streams: int, seconds: float, sample_every: float,
         "system": spec.name,
         "streams": streams,
         "seconds": seconds,
+        "samples": len(samples),
+        "samples_skipped": len(timeline.skipped),
         "sessions_completed": tally["sessions"],
         "errors": tally["errors"],
         "wrong_transcripts": tally["wrong"],
