@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from app.client import ParastreamClient
+from benchmarks.resources import descendants
 from tests.audio import synth_speechlike
 from tests.reference_cache import reference_tokens
 from tests.harness import CLEAN_EXIT, ROOT, ServiceProcess, free_port, segments_of
@@ -45,20 +46,7 @@ def _wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None
 
 
 def _children(pid: int) -> set[int]:
-    """All descendants of pid, read from /proc."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
+    return set(descendants(pid))
 
 
 def test_idle_session_is_evicted_and_freed(small: ServiceProcess) -> None:
