@@ -30,6 +30,15 @@ def free_port() -> int:
 CLEAN_EXIT = (0, -signal.SIGTERM, -signal.SIGINT)
 
 
+def alive(pid: int) -> bool:
+    """True while pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def segments_of(pid: int) -> list[str]:
     return [name for name in list_segments() if name.startswith(f"parastream_{pid}_")]
 

@@ -18,7 +18,7 @@ from app.client import ParastreamClient
 from benchmarks.resources import descendants
 from tests.audio import synth_speechlike
 from tests.reference_cache import reference_tokens
-from tests.harness import CLEAN_EXIT, ROOT, ServiceProcess, free_port, segments_of
+from tests.harness import CLEAN_EXIT, alive, ROOT, ServiceProcess, free_port, segments_of
 
 PCM = {"Content-Type": "application/octet-stream"}
 
@@ -156,18 +156,11 @@ def test_sigterm_leaves_no_segments_and_no_processes(tiny_model_dir: Path) -> No
         assert len(descendants) >= 3  # model host + 2 workers
         assert svc.stop(signal.SIGTERM, timeout=60) in CLEAN_EXIT
         assert segments_of(svc.pid) == []
-        _wait_for(lambda: not any(_alive(p) for p in descendants), timeout=10, what="workers to exit")
+        _wait_for(lambda: not any(alive(p) for p in descendants), timeout=10, what="workers to exit")
     finally:
         svc.__exit__(None, None, None)
         svc.remove_log()
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _serve_expecting_failure(model: str) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ import pytest
 from app.client import ParastreamClient, TranscriptEvent
 from engine.ring import list_segments
 from tests.audio import synth_speechlike
-from tests.harness import CLEAN_EXIT, ServiceProcess, segments_of
+from tests.harness import CLEAN_EXIT, alive, ServiceProcess, segments_of
 from tests.reference_cache import reference_tokens
 
 PCM = {"Content-Type": "application/octet-stream"}
@@ -217,7 +217,7 @@ def test_api_process_sigkilled_leaves_no_orphans_and_next_start_cleans(model_dir
     assert len(left) >= 2
     os.kill(svc.pid, signal.SIGKILL)  # no shutdown code runs in the API process
     svc.proc.wait(10)
-    _wait_for(lambda: not any(_alive(p) for p in children), 15, "workers to notice and exit")
+    _wait_for(lambda: not any(alive(p) for p in children), 15, "workers to notice and exit")
     assert set(left) <= set(list_segments())  # nobody was left to unlink them...
     with ServiceProcess(model_dir, workers=1) as second:  # ...until the next start
         assert not any(name in list_segments() for name in left)
@@ -225,13 +225,6 @@ def test_api_process_sigkilled_leaves_no_orphans_and_next_start_cleans(model_dir
     svc.__exit__(None, None, None)
     svc.remove_log()
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_stalled_subscriber_is_cut_off_and_resumes(model_dir: Path) -> None:
