@@ -28,9 +28,20 @@ import funasr
 from funasr.utils import postprocess_utils
 from funasr.utils.load_utils import extract_fbank
 
+from engine.batched_step import BatchedParaformer, BatchItem, supports_batching
 from engine.messages import StreamOptions
 
-__all__ = ["ModelLoadError", "StreamOptions", "StreamingModel", "load_automodel", "find_cached_hub_model"]
+__all__ = [
+    "ModelLoadError",
+    "StepRequest",
+    "StreamOptions",
+    "StreamingModel",
+    "load_automodel",
+    "find_cached_hub_model",
+]
+
+# One session's stride for `StreamingModel.step_batch`: (cache, samples, is_final, opts), as `step` takes them.
+StepRequest = tuple[dict[str, Any], "np.ndarray | None", bool, StreamOptions]
 
 # FunASR derives the stride from chunk_size[1] * 960: a chunk_size unit is one 60 ms LFR frame at 16 kHz.
 SAMPLES_PER_CHUNK_UNIT = 960
@@ -281,6 +292,9 @@ class StreamingModel:
         }
         self._device: str = str(self._kwargs.get("device", "cpu"))
         self._kwargs["device"] = self._device
+        # Why batching may be unavailable (another architecture): then step_batch runs sessions one by one.
+        self.batching_unsupported: str | None = supports_batching(self.model)
+        self._batched = None if self.batching_unsupported else BatchedParaformer(self.model, self.tokenizer)
 
     @classmethod
     def load(cls, spec: str, device: str = "cpu", ncpu: int = 1) -> StreamingModel:
@@ -355,6 +369,61 @@ class StreamingModel:
             if is_final:
                 self.model.init_cache(cache, **kwargs)
         return list(tokens)
+
+    def step_batch(
+        self, requests: list[StepRequest], logits_out: list[Any] | None = None
+    ) -> list[list[str]]:
+        """One stride for each of several sessions, run as one forward pass where they share options.
+
+        Each request is what :meth:`step` takes, under the same stride contract; the result is each session's
+        tokens, in order. Features are extracted per session (cheap, and the frontend's cache is per session), the
+        encoder, predictor and decoder run batched (`engine.batched_step`), and each cache ends exactly as
+        :meth:`step` would leave it, so a session may alternate between the two. A group of one runs :meth:`step`
+        itself: at light load the path is FunASR's own, bit for bit. `logits_out` (tests): per request, its
+        log-probabilities or None.
+        """
+        results: list[list[str]] = [[] for _ in requests]
+        if logits_out is not None:
+            logits_out[:] = [None] * len(requests)
+        groups: dict[StreamOptions, list[int]] = {}
+        for index, (_, _, _, opts) in enumerate(requests):
+            groups.setdefault(opts, []).append(index)
+        for opts, indices in groups.items():
+            if len(indices) == 1 and logits_out is None or self._batched is None:
+                for i in indices:
+                    cache, samples, is_final, _ = requests[i]
+                    results[i] = self.step(cache, samples, is_final, opts)
+                continue
+            items = [self._batch_item(*requests[i]) for i in indices]
+            group_logits: list[Any] = []
+            tokens = self._batched.step(items, group_logits if logits_out is not None else None)
+            kwargs = self._call_kwargs(opts, is_final=True)
+            for i, item, out in zip(indices, items, tokens):
+                results[i] = out
+                if logits_out is not None:
+                    logits_out[i] = group_logits[indices.index(i)]
+                # --- what inference() does after its loop, as in step() ---
+                item.cache["prev_samples"] = torch.empty(0)
+                if item.is_final:
+                    with torch.no_grad():
+                        self.model.init_cache(item.cache, **kwargs)
+        return results
+
+    def _batch_item(
+        self, cache: dict[str, Any], samples: np.ndarray | None, is_final: bool, opts: StreamOptions
+    ) -> BatchItem:
+        audio = self._check_samples(samples, is_final, opts)
+        if is_final and audio.shape[0] < SAMPLES_PER_CHUNK_UNIT:
+            return BatchItem(cache, None, is_final, opts)  # the tail chunk: cached look-ahead features only
+        with torch.no_grad():
+            speech, _ = extract_fbank(
+                [audio],
+                data_type=self._kwargs.get("data_type", "sound"),
+                frontend=self.frontend,
+                cache=cache["frontend"],
+                is_final=is_final,
+            )
+        return BatchItem(cache, speech, is_final, opts)
 
     @staticmethod
     def _check_samples(samples: np.ndarray | None, is_final: bool, opts: StreamOptions) -> torch.Tensor:
