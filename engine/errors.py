@@ -61,3 +61,15 @@ class OffsetGap(EngineError):
     """An append whose `offset` is past the end of the audio received: applying it would leave a hole."""
 
     code = "offset_gap"
+
+
+class MigrationInFlight(EngineError):
+    """A session move is under way; one move at a time (each waits for its worker's current stride)."""
+
+    code = "migration_in_flight"
+
+
+class InvalidWorker(EngineError):
+    """A migration target that is no worker slot, or the slot the session is already on."""
+
+    code = "invalid_worker"

@@ -85,6 +85,15 @@ class AbortSession:
 
 
 @dataclass(frozen=True)
+class DetachSession:
+    """Give the session up for a move to another worker (load balancing). Handled between strides, so its last
+    snapshot already covers everything computed: the worker only drops its handles (nothing is unlinked) and answers
+    `SessionDetached`; the API process then sends the new worker a `RestoreSession`."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
 class Ping:
     seq: int
 
@@ -94,7 +103,9 @@ class Shutdown:
     pass
 
 
-ToWorker = OpenSession | RestoreSession | AudioReady | CloseSession | AbortSession | Ping | Shutdown
+ToWorker = (
+    OpenSession | RestoreSession | AudioReady | CloseSession | AbortSession | DetachSession | Ping | Shutdown
+)
 
 
 # --- worker -> API process -------------------------------------------------------------------------------------
@@ -135,8 +146,9 @@ class StrideDone:
     text: str
     final: bool = False
     reason: str = ""
-    compute_s: float = 0.0
+    compute_s: float = 0.0  # the forward pass's wall time: shared by every session in its batch
     snapshot_s: float = 0.0  # time spent saving the session's snapshot after this stride
+    batch_size: int = 1  # sessions that shared this stride's forward pass
 
 
 @dataclass(frozen=True)
@@ -147,7 +159,18 @@ class SessionFailed:
     message: str
 
 
-FromWorker = Hello | WorkerReady | Pong | StrideDone | SessionFailed
+@dataclass(frozen=True)
+class SessionDetached:
+    """The answer to `DetachSession`: the worker dropped the session at ring position `cursor` (what its snapshot
+    covers; 0 if it had run no stride yet). Sent after every `StrideDone` of that session on the same connection, so
+    when it arrives the API process has heard everything the old worker computed. A detach of a session the worker
+    no longer has (it just finished or failed) gets no answer."""
+
+    session_id: str
+    cursor: int
+
+
+FromWorker = Hello | WorkerReady | Pong | StrideDone | SessionFailed | SessionDetached
 
 
 # --- API process <-> model host --------------------------------------------------------------------------------
@@ -199,3 +222,5 @@ class HostConfig:
     worker_threads: int
     address: str
     authkey: bytes = field(repr=False)
+    max_batch: int = 1
+    batch_wait_s: float = 0.0

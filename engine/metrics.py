@@ -13,7 +13,7 @@ AUDIO_SECONDS = Counter("parastream_audio_seconds_total", "Audio received, in se
 STRIDES = Counter("parastream_strides_total", "Strides processed by workers")
 STRIDE_COMPUTE = Histogram(
     "parastream_stride_compute_seconds",
-    "Worker compute time per stride",
+    "Wall time of the forward pass that computed each stride (shared by the strides of one batch)",
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0),
 )
 STRIDE_SNAPSHOT = Histogram(
@@ -21,5 +21,15 @@ STRIDE_SNAPSHOT = Histogram(
     "Time to save a session's snapshot after a stride (what crash recovery costs)",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
 )
+STRIDE_BATCH = Histogram(
+    "parastream_stride_batch_size",
+    "Sessions sharing the forward pass of each stride (PARASTREAM_MAX_BATCH bounds it)",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+)
 SESSIONS_RESTORED = Counter("parastream_sessions_restored_total", "Sessions carried over to another worker after a crash")
 WORKER_RESTARTS = Counter("parastream_worker_restarts_total", "Workers lost and replaced")
+SESSIONS_MIGRATED = Counter(
+    "parastream_sessions_migrated_total",
+    "Sessions moved to another worker with their state (reason: rebalance or manual)",
+    ["reason"],
+)

@@ -162,6 +162,7 @@ def _fork_worker(conn: Connection, config: HostConfig, model: object, msg: Spawn
 def _worker_child(config: HostConfig, model: object, msg: SpawnWorker) -> None:
     import torch
 
+    from engine.worker.core import WorkerCore
     from engine.worker.process import run_worker
 
     # Fault injection for the boot-failure tests: while this file exists, workers die as they boot. Not a setting;
@@ -174,4 +175,5 @@ def _worker_child(config: HostConfig, model: object, msg: SpawnWorker) -> None:
     torch.set_num_threads(config.worker_threads)
     if msg.device.startswith("cuda"):
         model.to(msg.device)  # type: ignore[attr-defined]
-    run_worker(model, config.address, config.authkey, msg.slot, msg.generation, msg.device, msg.cpus)  # type: ignore[arg-type]
+    core = WorkerCore(model, config.max_batch, config.batch_wait_s)  # type: ignore[arg-type]
+    run_worker(core, config.address, config.authkey, msg.slot, msg.generation, msg.device, msg.cpus)

@@ -2,7 +2,9 @@
 
 `Engine` owns the session registry and routing, and drives the supervisor. It runs on the API process's event loop
 and imports neither torch nor FastAPI. Routing is sticky: a session is placed on the least-loaded ready worker when
-it is created, and every message about it goes to that worker, so its cache never leaves that process.
+it is created, and every message about it goes to that worker, so its cache lives in that process. A session moves
+only whole: after a crash (from its snapshot, `_place_orphans`) or when the balancer (or an operator) migrates it
+between two strides (`start_migration`), which hands its last snapshot to the new worker the same way.
 """
 
 from __future__ import annotations
@@ -13,19 +15,33 @@ import logging
 import math
 import secrets
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from engine import metrics
 from engine.audio import MODEL_SAMPLE_RATE, SUPPORTED_SAMPLE_RATES, Upsampler2x, check_pcm
-from engine.errors import BufferFull, InvalidOptions, NotReady, OffsetGap, ServiceFull, SessionNotFound, SessionNotOpen
+from engine.errors import (
+    BufferFull,
+    EngineError,
+    InvalidOptions,
+    InvalidWorker,
+    MigrationInFlight,
+    NotReady,
+    OffsetGap,
+    ServiceFull,
+    SessionNotFound,
+    SessionNotOpen,
+)
 from engine.messages import (
     AbortSession,
     AudioReady,
     CloseSession,
+    DetachSession,
     FromWorker,
     OpenSession,
     RestoreSession,
+    SessionDetached,
     SessionFailed,
     StreamOptions,
     StrideDone,
@@ -33,7 +49,7 @@ from engine.messages import (
 from engine.ring import RingFull, RingWriter, sweep_segments
 from engine.sessions import Session, SessionState
 from engine.settings import Settings
-from engine.supervisor import Supervisor
+from engine.supervisor import Supervisor, WorkerSlot
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +66,36 @@ def validate_options(chunk_size: list[int] | tuple[int, ...], enc_look_back: int
     return StreamOptions((left, stride, right), enc_look_back, dec_look_back)
 
 
+def placement_key(slot: WorkerSlot) -> tuple[int, int]:
+    """Least loaded first (sessions holding resources there), then the lowest slot: placement, restores and the
+    balancer all measure load this one way."""
+    return len(slot.sessions), slot.index
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A move asked of `source` (DetachSession sent) and not yet answered (SessionDetached)."""
+
+    source: int
+    target: int
+    reason: str  # "rebalance" | "manual"
+
+
 class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.sessions: dict[str, Session] = {}
         self.supervisor = Supervisor(settings, self._on_worker_message, self._on_worker_lost, self._place_orphans)
-        self._orphans: dict[str, None] = {}  # sessions whose worker died, waiting for a ready one (in order)
+        # Sessions waiting for a ready worker (in order); the value says whether it was a crash (which counts against
+        # max_session_restores) rather than a move that found no worker to go to.
+        self._orphans: dict[str, bool] = {}
+        self._migrations: dict[str, Migration] = {}  # at most one at a time (see start_migration)
         self.accepting = False
         self.started = False
         self.stopped = False
         self.draining = False
         self._reaper: asyncio.Task[None] | None = None
+        self._balancer: asyncio.Task[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
@@ -71,6 +106,8 @@ class Engine:
             log.warning("removed %d shared-memory segments left by a previous instance", len(stale))
         await self.supervisor.start()
         self._reaper = asyncio.create_task(self._reap_loop())
+        if self.settings.rebalance_interval_s > 0:
+            self._balancer = asyncio.create_task(self._balance_loop())
         self.accepting = True
 
     async def wait_ready(self, timeout: float) -> bool:
@@ -113,6 +150,8 @@ class Engine:
         self.accepting = False
         if self._reaper:
             self._reaper.cancel()
+        if self._balancer:
+            self._balancer.cancel()
         for session in list(self.sessions.values()):
             if session.state.holds_resources:
                 self._fail(session, "shutdown", "the server is shutting down")
@@ -142,7 +181,7 @@ class Engine:
         if not slots:
             metrics.SESSIONS_REJECTED.labels("not_ready").inc()
             raise NotReady(self.supervisor.halt_reason or "no worker is ready yet", retry_after_s=2)
-        slot = min(slots, key=lambda s: (len(s.sessions), s.index))  # least loaded, then lowest slot
+        slot = min(slots, key=placement_key)
         session_id = secrets.token_hex(16)  # 128 random bits
         ring = RingWriter.create(self.settings.ring_capacity_samples)
         session = Session(
@@ -204,7 +243,7 @@ class Engine:
             raise BufferFull(str(exc), retry_after_s=1) from exc
         session.samples_received += n
         session.last_audio_at = time.monotonic()
-        self.supervisor.send(session.worker, AudioReady(session_id))
+        self.supervisor.send(self._route(session), AudioReady(session_id))
         metrics.AUDIO_SECONDS.inc(n / session.sample_rate)
         return session
 
@@ -214,7 +253,7 @@ class Engine:
             session.state = SessionState.CLOSING
             session.close_reason = reason
             session.end_pos = session.ring_pos
-            self.supervisor.send(session.worker, CloseSession(session_id, session.end_pos, reason))
+            self.supervisor.send(self._route(session), CloseSession(session_id, session.end_pos, reason))
         elif session.state is not SessionState.CLOSING and session.state is not SessionState.FINISHED:
             raise SessionNotOpen(f"session {session_id} is {session.state.value}")
         return session  # closing twice is harmless: the client may have lost the first answer
@@ -222,27 +261,157 @@ class Engine:
     def abort(self, session_id: str) -> None:
         session = self.get(session_id)
         if session.state.holds_resources:
-            self.supervisor.send(session.worker, AbortSession(session_id))
+            self.supervisor.send(self._route(session), AbortSession(session_id))
             self._end(session, SessionState.ABORTED)
             session.emit("error", {"code": "aborted", "message": "the session was deleted"})
         self.sessions.pop(session_id, None)
+
+    def _route(self, session: Session) -> int | None:
+        """The worker to tell about a session: none while it moves. Its old worker has been sent DetachSession (and
+        drops it before reading anything sent later), and the RestoreSession to the new one carries the ring, the
+        end position of a close, and the rest; an abort needs no message at all."""
+        return None if session.id in self._migrations else session.worker
+
+    # --- migration ----------------------------------------------------------------------------------------
+
+    def migrate(self, session_id: str, target_slot: int, reason: str = "manual") -> bool:
+        """Start moving a session to worker `target_slot`; False if that is not possible now (see start_migration)."""
+        try:
+            self.start_migration(session_id, target_slot, reason)
+        except EngineError:
+            return False
+        return True
+
+    def start_migration(self, session_id: str, target: int | None = None, reason: str = "manual") -> int:
+        """Start moving an open session to worker `target` (default: the least-loaded other ready worker); returns
+        the target's slot.
+
+        The old worker is sent DetachSession: between two strides it drops the session (its last snapshot already
+        holds cache, cursor and tokens) and answers SessionDetached, after every StrideDone of it. Only then does
+        the new worker get the RestoreSession a crash restore would send (`_on_detached`), so the two never hold the
+        session at once and the transcript is the one a single worker gives. Meanwhile appends go into the ring as
+        usual. One move at a time: a move waits for the old worker's current stride, and the balancer looks at loads
+        only when none is under way, so it never decides on counts that are about to change.
+
+        Raises SessionNotFound, SessionNotOpen (not open: a closing session is about to end anyway), InvalidWorker
+        (no such slot, or the one it is on), MigrationInFlight, NotReady (target not ready, shutting down)."""
+        session = self.get(session_id)
+        if session.state is not SessionState.OPEN or session.ring is None:
+            raise SessionNotOpen(f"session {session_id} is {session.state.value}; only an open session is moved")
+        slots = self.supervisor.slots
+        if target is not None and not 0 <= target < len(slots):
+            raise InvalidWorker(f"no worker {target}: the workers are 0..{len(slots) - 1}", worker=target)
+        if target is not None and target == session.worker:
+            raise InvalidWorker(f"session {session_id} is on worker {target} already", worker=target)
+        if self._migrations:
+            moving = next(iter(self._migrations))
+            raise MigrationInFlight(f"session {moving} is being moved; one move at a time", retry_after_s=1)
+        source = session.worker
+        if source is None:
+            raise MigrationInFlight(f"session {session_id} is being carried over after a crash", retry_after_s=1)
+        if self.draining or not self.accepting:
+            raise NotReady("the server is not accepting work (starting or shutting down)", retry_after_s=5)
+        if target is None:
+            others = [slot for slot in self.supervisor.ready_slots() if slot.index != source]
+            if not others:
+                raise NotReady("no other worker is ready", retry_after_s=2)
+            target = min(others, key=placement_key).index
+        elif not slots[target].ready:
+            raise NotReady(f"worker {target} is not ready", retry_after_s=2)
+        if not self.supervisor.send(source, DetachSession(session_id)):
+            raise NotReady(f"worker {source} is being replaced", retry_after_s=1)
+        self._migrations[session_id] = Migration(source, target, reason)
+        loads = {slot.index: len(slot.sessions) for slot in self.supervisor.ready_slots()}
+        log.info(
+            "moving session %s from worker %d to worker %d (%s; sessions per ready worker: %s)",
+            session_id, source, target, reason, loads,
+        )
+        return target
+
+    def _on_detached(self, session: Session, msg: SessionDetached) -> None:
+        """The old worker let the session go; every stride it computed has been heard. Restore it on the target."""
+        move = self._migrations.pop(session.id, None)
+        source = session.worker
+        assert source is not None  # _on_worker_message only passes messages from the session's worker
+        self.supervisor.slots[source].sessions.discard(session.id)
+        slots = self.supervisor.slots
+        slot = slots[move.target] if move is not None else None  # (no move asked: still place it somewhere)
+        if slot is None or not slot.ready:
+            # The target died or was halted meanwhile: the least-loaded ready worker takes it (maybe the old one).
+            ready = self.supervisor.ready_slots()
+            if not ready:
+                session.worker = None
+                self._orphans[session.id] = False
+                self._place_orphans()
+                return
+            slot = min(ready, key=placement_key)
+            target = move.target if move else None
+            log.warning("session %s: worker %s is gone; moving it to worker %d instead", session.id, target, slot.index)
+        self._restore_on(slot, session)
+        if slot.index != source:
+            session.migrations += 1
+            metrics.SESSIONS_MIGRATED.labels(move.reason if move else "manual").inc()
+        log.info(
+            "session %s moved from worker %d to worker %d at sample %d", session.id, source, slot.index, msg.cursor
+        )
+
+    async def _balance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.rebalance_interval_s)
+            try:
+                self._rebalance()
+            except Exception:  # the balancer must outlive any one bad step
+                log.exception("load balancing step failed")
+
+    def _rebalance(self) -> str | None:
+        """Move at most one session from the busiest ready worker to the idlest when their session counts differ by
+        `rebalance_spread` or more; returns its id. Placement already evens out new sessions, so this mends what
+        endings leave behind (long calls piling up on one worker while the other's calls finished).
+
+        Which session: the newest open one. How much audio a session has still to come is unknown; the newest is the
+        best guess for the most, so the move pays off longest, and it has the least history to hand over. Closing
+        sessions stay: they are about to end."""
+        if self._migrations or self._orphans or not self.accepting or self.draining:
+            return None  # (orphans: restores are about to change the counts)
+        slots = self.supervisor.ready_slots()
+        if len(slots) < 2:
+            return None
+        busiest = max(slots, key=lambda slot: (len(slot.sessions), -slot.index))
+        idlest = min(slots, key=placement_key)
+        if len(busiest.sessions) - len(idlest.sessions) < self.settings.rebalance_spread:
+            return None
+        candidates = [
+            session
+            for session_id in busiest.sessions
+            if (session := self.sessions.get(session_id)) is not None and session.state is SessionState.OPEN
+        ]
+        if not candidates:
+            return None
+        session = max(candidates, key=lambda s: s.created_at)
+        return session.id if self.migrate(session.id, idlest.index, reason="rebalance") else None
 
     # --- worker events (loop thread) ----------------------------------------------------------------------
 
     def _on_worker_message(self, slot: int, msg: FromWorker) -> None:
         session = self.sessions.get(getattr(msg, "session_id", ""))
         if session is None or not session.state.holds_resources or session.worker != slot:
-            return  # aborted or already failed; late news is dropped
+            # Aborted, failed, or from a worker that no longer serves it: late news is dropped. A moving session's
+            # `worker` stays its old one until SessionDetached (which follows all of that worker's StrideDones) and
+            # only then becomes the new one, so each worker's news is taken exactly while it holds the session.
+            return
         match msg:
             case StrideDone():
                 self._on_stride(session, msg)
             case SessionFailed(message=message):
                 self._fail(session, "inference_failed", message)
+            case SessionDetached():
+                self._on_detached(session, msg)
 
     def _on_stride(self, session: Session, msg: StrideDone) -> None:
         metrics.STRIDES.inc()
         metrics.STRIDE_COMPUTE.observe(msg.compute_s)
         metrics.STRIDE_SNAPSHOT.observe(msg.snapshot_s)
+        metrics.STRIDE_BATCH.observe(msg.batch_size)
         session.advance(msg.processed_pos)
         done = session.samples_processed
         if msg.tokens:
@@ -262,10 +431,14 @@ class Engine:
         Each goes to a ready worker (maybe the replacement in the same slot), which carries on from there."""
         lost = self.supervisor.slots[slot].sessions
         for session_id in list(lost):
+            # A session moving away from this worker is restored once, here, as a crash: the move is off (its
+            # SessionDetached, if it was sent at all, carries the dead generation and is dropped). A session moving
+            # *to* this worker is not in its set yet; `_on_detached` sends it elsewhere.
+            self._migrations.pop(session_id, None)
             session = self.sessions.get(session_id)
             if session is not None and session.state.holds_resources:
                 session.worker = None
-                self._orphans[session_id] = None
+                self._orphans[session_id] = True
         lost.clear()
         metrics.WORKER_RESTARTS.inc()
         self._place_orphans()
@@ -282,33 +455,42 @@ class Engine:
                         self._fail(session, "worker_died", "its worker died and no healthy worker is left")
             return
         for session_id in list(self._orphans):
-            self._orphans.pop(session_id)
+            crashed = self._orphans.pop(session_id)
             session = self.sessions.get(session_id)
             if session is None or not session.state.holds_resources or session.ring is None:
+                continue
+            slot = min(self.supervisor.ready_slots(), key=placement_key)
+            if not crashed:  # a move whose worker went away: not a restore
+                self._restore_on(slot, session)
                 continue
             if session.restores >= self.settings.max_session_restores:
                 # A session that keeps killing workers (a poison input) must not take them all down in turn.
                 self._fail(session, "worker_died", f"its worker died {session.restores + 1} times; giving up on it")
                 continue
-            slot = min(self.supervisor.ready_slots(), key=lambda s: (len(s.sessions), s.index))
-            session.worker = slot.index
             session.restores += 1
-            slot.sessions.add(session_id)
-            closing = session.state is SessionState.CLOSING
-            self.supervisor.send(
-                slot.index,
-                RestoreSession(
-                    session_id,
-                    session.ring.name,
-                    session.options,
-                    session.processed_pos,
-                    len(session.tokens),
-                    session.end_pos if closing else None,
-                    session.close_reason,
-                ),
-            )
+            self._restore_on(slot, session)
             metrics.SESSIONS_RESTORED.inc()
             log.warning("session %s restored on worker %d (restore %d)", session_id, slot.index, session.restores)
+
+    def _restore_on(self, slot: WorkerSlot, session: Session) -> None:
+        """Hand the session to `slot`'s worker: it loads the last snapshot and replays the ring from there, after a
+        crash and after a move alike. It is told what the API process has heard, so nothing is reported twice."""
+        assert session.ring is not None
+        session.worker = slot.index
+        slot.sessions.add(session.id)
+        closing = session.state is SessionState.CLOSING
+        self.supervisor.send(
+            slot.index,
+            RestoreSession(
+                session.id,
+                session.ring.name,
+                session.options,
+                session.processed_pos,
+                len(session.tokens),
+                session.end_pos if closing else None,
+                session.close_reason,
+            ),
+        )
 
     # --- endings ------------------------------------------------------------------------------------------
 
@@ -321,6 +503,7 @@ class Engine:
         session.state = state
         session.ended_at = time.monotonic()
         self._orphans.pop(session.id, None)
+        self._migrations.pop(session.id, None)
         if session.worker is not None:
             self.supervisor.slots[session.worker].sessions.discard(session.id)
         if session.ring is not None:

@@ -57,6 +57,7 @@ class Session:
     close_reason: str = ""
     end_pos: int | None = None  # ring position at close: the final step covers audio up to here
     restores: int = 0  # times the session was carried over to another worker after a crash
+    migrations: int = 0  # times it was moved to another worker while healthy (load balancing, operator)
     created_at: float = field(default_factory=time.monotonic)
     last_audio_at: float = field(default_factory=time.monotonic)
     ended_at: float | None = None
@@ -128,4 +129,5 @@ class Session:
             "events": self.last_event_id,
             "close_reason": self.close_reason or None,
             "restores": self.restores,
+            "migrations": self.migrations,
         }

@@ -72,6 +72,33 @@ class Settings(BaseSettings):
     )
     shutdown_grace_s: float = Field(10.0, ge=0, description="Time to finish received audio on SIGTERM.")
 
+    # --- batching ---
+    max_batch: int = Field(
+        16,
+        ge=1,
+        description="Most sessions' strides one forward pass takes; 1 turns cross-session batching off.",
+    )
+    batch_wait_ms: float = Field(
+        60.0,
+        ge=0,
+        description=(
+            "Longest a ready stride waits for other sessions' strides that are due to join its batch. Adaptive: no "
+            "wait when no other stride is due within it, when the batch is full, or when the worker is behind."
+        ),
+    )
+
+    # --- load balancing ---
+    rebalance_interval_s: float = Field(
+        1.0,
+        ge=0,
+        description="How often the balancer compares worker loads and may move one open session; 0 disables it.",
+    )
+    rebalance_spread: int = Field(
+        2,
+        ge=2,  # at 1, moving a session between workers one apart would only swap their loads, back and forth
+        description="Session-count difference between the busiest and the idlest ready worker that triggers a move.",
+    )
+
     def resolved_workers(self, gpu_count: int | None = None) -> int:
         if self.workers:
             return self.workers

@@ -138,13 +138,20 @@ class Supervisor:
                 raise EngineBootError("PARASTREAM_DEVICE=cuda but no CUDA device is visible; use PARASTREAM_DEVICE=cpu")
             return [WorkerSlot(i, (), f"cuda:{i % gpu_count}") for i in range(s.resolved_workers(gpu_count))]
         cpus = sorted(os.sched_getaffinity(0))
-        return [WorkerSlot(i, (cpus[i % len(cpus)],), "cpu") for i in range(s.resolved_workers())]
+        # Each worker gets `worker_threads` cores of its own (wrapping round when there are more threads than cores):
+        # pinning a 2-thread worker to one core would only make its threads take turns.
+        t = s.worker_threads
+        return [
+            WorkerSlot(i, tuple(sorted({cpus[(i * t + j) % len(cpus)] for j in range(t)})), "cpu")
+            for i in range(s.resolved_workers())
+        ]
 
     async def _start_host(self) -> HostReady:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
+        s = self.settings
         config = HostConfig(
-            self.settings.model, self.settings.device, self.settings.worker_threads, self._address, self._authkey
+            s.model, s.device, s.worker_threads, self._address, self._authkey, s.max_batch, s.batch_wait_ms / 1000
         )
         self._host = ctx.Process(target=host_main, args=(child, config), name="parastream-model-host", daemon=True)
         self._host.start()

@@ -12,6 +12,7 @@ non-final as soon as it is in the ring, and the final step runs on close with wh
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,9 +22,11 @@ import numpy as np
 from engine.messages import (
     AbortSession,
     CloseSession,
+    DetachSession,
     FromWorker,
     OpenSession,
     RestoreSession,
+    SessionDetached,
     SessionFailed,
     StreamOptions,
     StrideDone,
@@ -33,6 +36,7 @@ from engine.snapshot import SnapshotStore
 
 log = logging.getLogger(__name__)
 
+SAMPLE_RATE = 16_000  # what the rings hold (the API resamples 8 kHz)
 PCM_SCALE = 1.0 / 32768.0  # int16 -> float32 in [-1, 1), the scale soundfile gives FunASR's own demo
 
 
@@ -42,6 +46,10 @@ class StreamModel(Protocol):
     def new_cache(self, opts: StreamOptions) -> dict[str, Any]: ...
 
     def step(self, cache: dict[str, Any], samples: np.ndarray, is_final: bool, opts: StreamOptions) -> list[str]: ...
+
+    def step_batch(
+        self, requests: list[tuple[dict[str, Any], np.ndarray, bool, StreamOptions]]
+    ) -> list[list[str]]: ...
 
     def text(self, tokens: list[str]) -> str: ...
 
@@ -76,10 +84,20 @@ class SessionState:
 
 
 class WorkerCore:
-    def __init__(self, model: StreamModel) -> None:
+    """`max_batch`: most sessions one forward pass takes (1: no batching). `batch_wait_s`: longest a ready stride
+    may wait for others to join its batch (see `batch_delay`)."""
+
+    def __init__(self, model: StreamModel, max_batch: int = 1, batch_wait_s: float = 0.0) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
         self.model = model
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
         self.sessions: dict[str, SessionState] = {}
         self.strides = 0
+        self.batches = 0
+        self._turn: str | None = None  # the session served last: the next batch starts after it
+        self._wait_deadline: float | None = None
 
     # --- messages in ---------------------------------------------------------------------------------------
 
@@ -122,36 +140,130 @@ class WorkerCore:
         self._drop(msg.session_id)
         return []
 
+    def detach(self, msg: DetachSession) -> list[FromWorker]:
+        """Let the session go to another worker. Messages are applied between strides, and every non-final stride
+        ends with a snapshot of (cursor, tokens, cache), so that snapshot is the whole state (no stride yet: no
+        snapshot, cursor 0, and the new worker starts fresh). `_drop` only closes our handles: the ring and the
+        snapshot segment stay for the new worker. An unknown id (it just finished, failed or was aborted; its final
+        StrideDone went out before) gets no answer."""
+        state = self.sessions.get(msg.session_id)
+        if state is None:
+            return []
+        cursor = state.cursor
+        self._drop(msg.session_id)
+        return [SessionDetached(msg.session_id, cursor)]
+
     # --- work ----------------------------------------------------------------------------------------------
 
     def has_work(self) -> bool:
         return any(s.next_step(s.ring.write_pos) is not None for s in self.sessions.values())
 
+    def batch_delay(self, now: float) -> float:
+        """Seconds worth waiting before the next batch so that more sessions' strides can join it; 0: run now.
+
+        Adaptive, so light load pays nothing: it waits only while the batch has room, nobody is behind (a
+        session with a second stride buffered means the worker is the bottleneck, and waiting would only add to
+        it), and some other session's stride is due within the window, judging by how many samples it still
+        lacks at the real-time rate. One stream alone never waits. The window starts when waiting starts, so a
+        steady trickle of "almost ready" sessions cannot postpone a batch past `batch_wait_s`."""
+        if self.batch_wait_s <= 0 or self.max_batch <= 1:
+            return 0.0
+        ready, due = 0, False
+        for state in self.sessions.values():
+            write_pos = state.ring.write_pos
+            step = state.next_step(write_pos)
+            stride = state.options.stride_samples
+            if step is not None:
+                ready += 1
+                if not step[1] and write_pos - state.cursor >= 2 * stride:
+                    return self._stop_waiting()  # behind: run now
+            elif state.end_pos is None:
+                missing = state.cursor + stride - write_pos
+                due = due or missing <= self.batch_wait_s * SAMPLE_RATE
+        if ready == 0 or ready >= self.max_batch or not due:
+            return self._stop_waiting()
+        if self._wait_deadline is None:
+            self._wait_deadline = now + self.batch_wait_s
+        return max(0.0, self._wait_deadline - now)
+
+    def _stop_waiting(self) -> float:
+        self._wait_deadline = None
+        return 0.0
+
     def run_once(self) -> list[FromWorker]:
-        """One step for every session that can take one (round robin keeps sessions fair)."""
+        """One step for every session that can take one, in batches of at most `max_batch`."""
         out: list[FromWorker] = []
-        for session_id in list(self.sessions):
-            msg = self.step_session(session_id)
-            if msg is not None:
-                out.append(msg)
+        pending = self._ready_in_turn()
+        for start in range(0, len(pending), self.max_batch):
+            out.extend(self._run(pending[start : start + self.max_batch]))
         return out
 
+    def run_batch(self) -> list[FromWorker]:
+        """One batch: up to `max_batch` sessions with a stride ready, taken round robin so none starves."""
+        batch = self._ready_in_turn()[: self.max_batch]
+        if batch:
+            self._turn = batch[-1]
+        return self._run(batch)
+
     def step_session(self, session_id: str) -> FromWorker | None:
-        state = self.sessions[session_id]
-        step = state.next_step(state.ring.write_pos)
-        if step is None:
-            return None
-        n, is_final = step
+        out = self._run([session_id])
+        return out[0] if out else None
+
+    def _ready_in_turn(self) -> list[str]:
+        """Sessions with a step ready, starting after the last one served."""
+        ids = list(self.sessions)
+        if self._turn in self.sessions:
+            cut = ids.index(self._turn) + 1
+            ids = ids[cut:] + ids[:cut]
+        return [sid for sid in ids if self.sessions[sid].next_step(self.sessions[sid].ring.write_pos) is not None]
+
+    def _run(self, session_ids: list[str]) -> list[FromWorker]:
+        """Run one step for each session as one batch, then snapshot, release and report each of them."""
+        self._wait_deadline = None
+        out: list[FromWorker] = []
+        work: list[tuple[SessionState, int, bool, np.ndarray]] = []
+        for session_id in session_ids:
+            state = self.sessions[session_id]
+            step = state.next_step(state.ring.write_pos)
+            if step is None:
+                continue
+            n, is_final = step
+            try:
+                work.append((state, n, is_final, pcm_to_float(state.ring.read(state.cursor, n))))
+            except Exception as exc:  # a ring that vanished or was corrupted fails its own session only
+                out.append(self._fail(session_id, exc))
+        if not work:
+            return out
         started = time.perf_counter()
         try:
-            samples = pcm_to_float(state.ring.read(state.cursor, n))
-            tokens = self.model.step(state.cache, samples, is_final, state.options)
-        except Exception as exc:  # one session's failure must not take the worker down
-            log.exception("session %s failed in inference", session_id)
-            self._drop(session_id)
-            return SessionFailed(session_id, f"inference failed: {type(exc).__name__}: {exc}")
+            if len(work) == 1:
+                state, _, is_final, samples = work[0]
+                results = [self.model.step(state.cache, samples, is_final, state.options)]
+            else:
+                results = self.model.step_batch([(s.cache, x, f, s.options) for s, _, f, x in work])
+        except Exception:
+            if len(work) == 1:
+                return out + [self._fail(work[0][0].session_id, sys.exc_info()[1])]
+            # Some session's stride broke the batch. Each cache may be part-way through this stride, so put each
+            # back to its last snapshot (taken after its previous stride) and run them one by one: the one that
+            # fails again fails alone, and the others lose nothing.
+            log.exception("a batch of %d failed; rerunning its sessions one by one", len(work))
+            for state, *_ in work:
+                self._rewind(state)
+            for state, *_ in work:
+                if state.session_id in self.sessions:
+                    out.extend(self._run([state.session_id]))
+            return out
         compute_s = time.perf_counter() - started
-        self.strides += 1
+        self.strides += len(work)
+        self.batches += 1
+        for (state, n, is_final, _), tokens in zip(work, results):
+            out.append(self._finish_step(state, n, is_final, tokens, compute_s, len(work)))
+        return out
+
+    def _finish_step(
+        self, state: SessionState, n: int, is_final: bool, tokens: list[str], compute_s: float, batch_size: int
+    ) -> FromWorker:
         state.cursor += n
         state.tokens.extend(tokens)
         snapshot_s = 0.0
@@ -164,7 +276,7 @@ class WorkerCore:
             state.ring.release(state.cursor)
         text = self.model.text(state.tokens) if tokens or is_final else ""
         msg = StrideDone(
-            session_id,
+            state.session_id,
             state.cursor,
             tuple(tokens),
             text,
@@ -172,10 +284,31 @@ class WorkerCore:
             reason=state.close_reason if is_final else "",
             compute_s=compute_s,
             snapshot_s=snapshot_s,
+            batch_size=batch_size,
         )
         if is_final:
-            self._drop(session_id)
+            self._drop(state.session_id)
         return msg
+
+    def _rewind(self, state: SessionState) -> None:
+        """Put a session back to its last snapshot (a fresh cache if it has none: it had run no stride)."""
+        try:
+            snapshot = state.snapshots.load()
+        except Exception as exc:
+            log.error("session %s: snapshot unreadable while rewinding: %s", state.session_id, exc)
+            self._drop(state.session_id)
+            return
+        if snapshot is None:
+            state.cache = self.model.new_cache(state.options)
+        else:
+            state.cache = snapshot.cache
+            state.cursor, state.tokens = snapshot.cursor, list(snapshot.tokens)
+
+    def _fail(self, session_id: str, exc: BaseException | None) -> FromWorker:
+        """One session's failure must not take the worker down."""
+        log.error("session %s failed in inference", session_id, exc_info=exc)
+        self._drop(session_id)
+        return SessionFailed(session_id, f"inference failed: {type(exc).__name__}: {exc}")
 
     # --- accounting ----------------------------------------------------------------------------------------
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from multiprocessing.connection import Client, Connection
 
 from engine.messages import (
     AbortSession,
     AudioReady,
     CloseSession,
+    DetachSession,
     Hello,
     OpenSession,
     Ping,
@@ -24,7 +26,7 @@ from engine.messages import (
     ToWorker,
     WorkerReady,
 )
-from engine.worker.core import StreamModel, WorkerCore
+from engine.worker.core import WorkerCore
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,9 @@ def serve(conn: Connection, core: WorkerCore, ready: WorkerReady) -> None:
     """Run until the API process hangs up or says Shutdown."""
     conn.send(ready)
     while True:
-        # 1. Wait for a message only when no session has a stride ready; otherwise just drain what is there.
-        timeout = 0.0 if core.has_work() else IDLE_POLL_S
+        # 1. Block for a message when no session has a stride ready; when some have, wait only as long as the
+        #    batch policy says more strides are due to join them (usually 0: just drain what is there).
+        timeout = core.batch_delay(time.monotonic()) if core.has_work() else IDLE_POLL_S
         try:
             while conn.poll(timeout):
                 timeout = 0.0
@@ -51,8 +54,11 @@ def serve(conn: Connection, core: WorkerCore, ready: WorkerReady) -> None:
                     return
         except (EOFError, OSError):
             return  # the API process is gone
-        # 3. One stride for each session that has one ready, then report.
-        for msg in core.run_once():
+        # 3. A wake-up may have brought the awaited strides, or more are due: look again before computing.
+        if core.batch_delay(time.monotonic()) > 0:
+            continue
+        # 4. One forward pass over the ready sessions (at most max_batch of them, round robin), then report.
+        for msg in core.run_batch():
             try:
                 conn.send(msg)
             except OSError:
@@ -70,6 +76,8 @@ def handle(conn: Connection, core: WorkerCore, msg: ToWorker) -> bool:
             replies = core.close(msg)
         case AbortSession():
             replies = core.abort(msg)
+        case DetachSession():
+            replies = core.detach(msg)  # between strides, so the session's last snapshot is its whole state
         case Ping(seq=seq):
             replies = [Pong(seq, len(core.sessions), core.cache_bytes(), core.strides)]
         case Shutdown():
@@ -84,10 +92,9 @@ def handle(conn: Connection, core: WorkerCore, msg: ToWorker) -> bool:
 
 
 def run_worker(
-    model: StreamModel, address: str, authkey: bytes, slot: int, generation: int, device: str, cpus: tuple[int, ...]
+    core: WorkerCore, address: str, authkey: bytes, slot: int, generation: int, device: str, cpus: tuple[int, ...]
 ) -> None:
     conn = connect(address, authkey, slot, generation)
-    core = WorkerCore(model)
     try:
         serve(conn, core, WorkerReady(slot, generation, device, cpus))
     finally:

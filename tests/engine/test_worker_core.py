@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from engine.messages import AbortSession, CloseSession, OpenSession, SessionFailed, StreamOptions, StrideDone
-from engine.ring import RingWriter
 from engine.worker.core import WorkerCore
 from tests.audio import synth_speechlike
 from tests.reference_cache import reference_tokens
@@ -20,19 +19,6 @@ def core(tiny_model_dir: Path) -> WorkerCore:
     from engine.funasr_adapter import StreamingModel
 
     return WorkerCore(StreamingModel.load(str(tiny_model_dir)))
-
-
-@pytest.fixture
-def rings():
-    made: list[RingWriter] = []
-
-    def make() -> RingWriter:
-        made.append(RingWriter.create(16000 * 30))
-        return made[-1]
-
-    yield make
-    for ring in made:
-        ring.unlink()
 
 
 def _drive(core: WorkerCore, clips: dict[str, np.ndarray], rings, seed: int) -> dict[str, list[str]]:  # noqa: ANN001
