@@ -32,6 +32,19 @@ class SessionInfo(BaseModel):
     events: int = Field(description="Events emitted so far (the last event id)")
     close_reason: str | None = None
     restores: int = Field(0, description="Times the session was carried over to another worker after a crash")
+    migrations: int = Field(0, description="Times the session was moved to another worker with its state (balancing)")
+
+
+class MigrateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    worker: int | None = Field(None, ge=0, description="Target worker slot; by default the least-loaded other one")
+
+
+class MigrateResult(BaseModel):
+    id: str
+    from_worker: int = Field(description="Worker the session is leaving")
+    worker: int = Field(description="Worker it is moving to (GET shows it there once the move is done)")
 
 
 class AppendResult(BaseModel):

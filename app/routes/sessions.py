@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
 from app.body import read_pcm_body
 from app.deps import get_engine, get_settings
-from app.schemas import AppendResult, ErrorResponse, SessionCreate, SessionInfo
+from app.schemas import AppendResult, ErrorResponse, MigrateRequest, MigrateResult, SessionCreate, SessionInfo
 from engine.service import Engine, validate_options
 from engine.settings import Settings
 
@@ -70,6 +70,19 @@ async def append_audio(
 async def close_session(session_id: str, engine: EngineDep) -> dict[str, object]:
     """Flush the remaining audio with is_final; a `final` event follows on the event stream."""
     return engine.close(session_id).describe()
+
+
+@router.post("/{session_id}/migrate", status_code=202, response_model=MigrateResult, responses=ERRORS)
+async def migrate_session(
+    session_id: str, engine: EngineDep, body: Annotated[MigrateRequest | None, Body()] = None
+) -> dict[str, object]:
+    """Operators: move an open session to another worker between two strides, with its state (the transcript does
+    not change). 202: the move has started; GET shows the new `worker` once it is done. 409 `migration_in_flight`
+    while another move is under way, 409 `session_not_open` unless open, 422 `invalid_worker`."""
+    body = body or MigrateRequest()
+    source = engine.get(session_id).worker
+    target = engine.start_migration(session_id, body.worker)
+    return {"id": session_id, "from_worker": source, "worker": target}
 
 
 @router.delete("/{session_id}", status_code=204, responses=ERRORS)
