@@ -1,7 +1,8 @@
 """The systems under test, each started as its own server process behind the same HTTP/SSE API.
 
-- `parastream-1w`: Parastream with one worker.
-- `parastream-Nw`: Parastream with one worker per core.
+- `parastream-1w`: Parastream with one worker, batching across sessions (the default).
+- `parastream-Nw`: Parastream with one worker per core, batching.
+- `parastream-Nw-unbatched`: the same with `PARASTREAM_MAX_BATCH=1` (one session per forward pass).
 - `funasr-threads`: FunASR's Python-server design, one shared AutoModel, generate() from a 4-thread pool.
 - `sequential`: one model, one stride at a time on the event loop (the simplest correct server).
 """
@@ -40,11 +41,16 @@ def all_systems(model_dir: Path) -> list[SystemSpec]:
     serve = (sys.executable, "-m", "app.cli", "serve")
     limits = {"PARASTREAM_MAX_SESSIONS": "1024", "PARASTREAM_SESSION_IDLE_TIMEOUT_S": "120"}
     baseline = (sys.executable, "-m", "benchmarks.baselines.funasr_server", "--model", str(model_dir))
+    unbatched = {"PARASTREAM_MAX_BATCH": "1"}
     return [
-        SystemSpec("parastream-1w", "Parastream, 1 worker", serve, {**limits, "PARASTREAM_WORKERS": "1"}),
+        SystemSpec("parastream-1w", "Parastream, 1 worker, batched", serve, {**limits, "PARASTREAM_WORKERS": "1"}),
         SystemSpec(
-            f"parastream-{cores}w", f"Parastream, {cores} workers (one per core)", serve,
+            f"parastream-{cores}w", f"Parastream, {cores} workers (one per core), batched", serve,
             {**limits, "PARASTREAM_WORKERS": str(cores)},
+        ),
+        SystemSpec(
+            f"parastream-{cores}w-unbatched", f"Parastream, {cores} workers (one per core), batching off", serve,
+            {**limits, "PARASTREAM_WORKERS": str(cores), **unbatched},
         ),
         SystemSpec("funasr-threads", "FunASR server design: shared AutoModel, 4 generate() threads",
                    (*baseline, "--mode", "threads", "--threads", "4")),
