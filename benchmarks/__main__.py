@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                        clip_seconds=args.clip_seconds)
     if args.quick:
         config.clip_seconds, config.distinct_clips, config.fixed_ns = 3.0, 2, [1, 2]
-        config.bound_strides, config.bound_threads = 8, [1]
+        config.bound_strides, config.bound_threads, config.light_load_trials = 8, [1], 1
     config.extra["mode"] = "quick" if args.quick else "full"
     result = run_benchmark(config)
     name = args.name or f"bench-{Path(model_dir).name.removesuffix('-seed0')}{'-quick' if args.quick else ''}"

@@ -90,6 +90,18 @@ def markdown(r: dict[str, Any]) -> str:
         total = sum(t["finals"] for t in s["trials"])
         lines.append(f"| {s['description']} (`{s['name']}`) | **{s['capacity_streams']}** | {wrong} of {total} | "
                      f"{', '.join(str(t['streams']) for t in s['trials'])} |")
+    lines += [
+        "",
+        "## Light load: one stream",
+        "",
+        "Partial latency of a lone real-time stream, pooled over the one-stream trials of each system.",
+        "",
+        "| system | partials | p50 ms | p95 ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for s in r["systems"]:
+        light = s.get("light_load_partial_ms") or {}
+        lines.append(f"| `{s['name']}` | {_fmt(light.get('count'))} | {_fmt(light.get('p50'))} | {_fmt(light.get('p95'))} |")
     b = r.get("bound") or {}
     if b:
         lines += ["", "## In-process bound (no serving at all)", "", "```", json.dumps(_bound_brief(b), indent=2), "```"]
@@ -97,20 +109,27 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "## Every trial",
         "",
+        "Server columns (Parastream only, from its `/metrics` over the trial): the mean batch size a stride saw, and the "
+        "mean wall time of the forward pass it shared. Load-gen CPU: seconds of CPU the load generator itself used "
+        "during the trial (it shares the cores with the system under test).",
+        "",
         "| system | N | partial p50 / p95 / p99 ms | final p50 / p95 ms | append p50 / p95 ms | max behind (strides) | "
-        "max send lag ms | errors | wrong | CPU % (all procs) | PSS MB (all procs) | pass |",
-        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|:-:|",
+        "max send lag ms | errors | wrong | CPU % (all procs) | PSS MB (all procs) | batch mean | forward ms | "
+        "load-gen CPU s | pass |",
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
     ]
     for s in r["systems"]:
         for t in s["trials"]:
             p, f, a = t["partial_ms"], t["final_ms"], t["append_ms"]
             res = t.get("resources", {})
+            server = t.get("server") or {}
             lines.append(
                 f"| `{s['name']}` | {t['streams']} | {_fmt(p['p50'])} / {_fmt(p['p95'])} / {_fmt(p['p99'])} | "
                 f"{_fmt(f['p50'])} / {_fmt(f['p95'])} | {_fmt(a['p50'])} / {_fmt(a['p95'])} | {t['max_behind_strides']} | "
                 f"{t['max_send_lag_ms']} | {t['errors']} | {t['wrong_transcripts']} | "
                 f"{_fmt(res.get('cpu_percent_total_mean'))} | {_fmt(res.get('pss_mb_total_max'))} | "
-                f"{'✓' if t['passed'] else '✗'} |"
+                f"{_fmt(server.get('batch_size_mean'))} | {_fmt(server.get('forward_ms_mean'))} | "
+                f"{_fmt(t.get('loadgen_cpu_s'))} | {'✓' if t['passed'] else '✗'} |"
             )
     lines.append("")
     return "\n".join(lines)

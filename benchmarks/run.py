@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks import server_metrics
 from benchmarks.audio import synth_speechlike
 from benchmarks.loadgen import StreamResult, percentile, run_trial
 from benchmarks.references import reference_tokens
@@ -36,6 +38,7 @@ class RunConfig:
     systems: list[str] | None = None  # names to run; None = all
     bound_strides: int = 40
     bound_threads: list[int] | None = None
+    light_load_trials: int = 3  # one-stream trials pooled for the light-load latency (the search's N=1 included)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -85,27 +88,49 @@ def _next_n(tried: dict[int, bool], max_n: int) -> int | None:
 def bench_system(spec: SystemSpec, config: RunConfig, clips: list[np.ndarray], refs: list[list[str]], bar: tqdm) -> dict[str, Any]:
     trials: list[dict[str, Any]] = []
     tried: dict[int, bool] = {}
+    light: list[float] = []  # partial latencies of every one-stream trial
     with RunningSystem(spec, config.model_dir) as system:
         queue = list(config.fixed_ns) if config.fixed_ns else [1]
         while queue:
             n = queue.pop(0)
             bar.set_description(f"{spec.name} N={n}")
             trial_clips = [clips[i % len(clips)] for i in range(n)]
+            before = server_metrics.scrape(system.base_url)
+            cpu_before = resource.getrusage(resource.RUSAGE_SELF)
             with ResourceSampler(system.proc.pid) as sampler:
                 results = asyncio.run(run_trial(system.base_url, trial_clips))
+            cpu_after = resource.getrusage(resource.RUSAGE_SELF)
             summary = summarize_trial(n, results, refs, config.latency_limit_ms)
             summary["resources"] = sampler.summary()
+            # The load generator shares the cores with the system under test: say how much it took.
+            summary["loadgen_cpu_s"] = round(
+                (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime), 2
+            )
+            summary["server"] = server_metrics.trial_summary(before, server_metrics.scrape(system.base_url))
+            if n == 1:
+                light.extend(ms for r in results for ms in r.partial_ms)
             trials.append(summary)
             tried[n] = summary["passed"]
             bar.update(1)
             bar.set_postfix(p95=summary["partial_ms"]["p95"], ok=summary["passed"])
             if not config.fixed_ns and (nxt := _next_n(tried, config.max_streams)) is not None:
                 queue.append(nxt)
+        # Light load, measured apart from the search: does batching cost a lone stream anything? (It must not.)
+        for _ in range(config.light_load_trials - 1):
+            bar.set_description(f"{spec.name} light load")
+            results = asyncio.run(run_trial(system.base_url, clips[:1]))
+            light.extend(ms for r in results for ms in r.partial_ms)
     passing = [t["streams"] for t in trials if t["passed"]]
     return {
         "name": spec.name,
         "description": spec.description,
         "capacity_streams": max(passing, default=0),
+        "light_load_partial_ms": {
+            "trials": config.light_load_trials,
+            "count": len(light),
+            "p50": percentile(light, 50),
+            "p95": percentile(light, 95),
+        },
         "trials": sorted(trials, key=lambda t: t["streams"]),
     }
 

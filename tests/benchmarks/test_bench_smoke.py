@@ -26,5 +26,12 @@ def test_quick_benchmark_runs_every_system_and_serves_exact_transcripts(tiny_mod
             if name != "funasr-threads":  # the shared-AutoModel design may legitimately get text wrong
                 assert trial["finals"] == trial["streams"] and trial["errors"] == 0, (name, trial)
                 assert trial["wrong_transcripts"] == 0, (name, trial)
+            if name.startswith("parastream"):  # its /metrics account for every stride of the trial
+                server = trial["server"]
+                assert server["strides"] >= trial["streams"] and server["batch_size_mean"] >= 1, (name, server)
+                assert sum(server["batch_size_histogram"].values()) == server["strides"]
+            else:
+                assert trial["server"] is None
+        assert system["light_load_partial_ms"]["count"] > 0
     assert result["bound"]
     assert "random weights" in result["note"]
