@@ -80,7 +80,8 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"> {r['note']}",
         "",
-        f"## Capacity: concurrent real-time streams with p95 partial latency ≤ {limit:g} ms, all keeping up",
+        f"## Capacity: concurrent real-time streams with p95 partial latency ≤ {limit:g} ms, all keeping up, "
+        "all sent in real time",
         "",
         "| system | capacity | wrong transcripts (all trials) | streams in trials |",
         "|---|---:|---:|---:|",

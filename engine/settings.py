@@ -79,11 +79,13 @@ class Settings(BaseSettings):
         description="Most sessions' strides one forward pass takes; 1 turns cross-session batching off.",
     )
     batch_wait_ms: float = Field(
-        60.0,
+        0.0,
         ge=0,
         description=(
-            "Longest a ready stride waits for other sessions' strides that are due to join its batch. Adaptive: no "
-            "wait when no other stride is due within it, when the batch is full, or when the worker is behind."
+            "Longest a ready stride waits for other sessions' strides to join its forward pass (0: never; a pass "
+            "takes whatever is ready, so batches form whenever strides arrive during a pass). Adaptive when set: it "
+            "waits only when the worker could not keep up running strides one at a time, for a stride due before "
+            "the pass that could run now would finish, and never when the batch is full or a session is behind."
         ),
     )
 

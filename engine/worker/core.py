@@ -98,6 +98,7 @@ class WorkerCore:
         self.batches = 0
         self._turn: str | None = None  # the session served last: the next batch starts after it
         self._wait_deadline: float | None = None
+        self._forward_s: dict[int, float] = {}  # batch size -> moving average of its forward pass, seconds
 
     # --- messages in ---------------------------------------------------------------------------------------
 
@@ -159,32 +160,56 @@ class WorkerCore:
         return any(s.next_step(s.ring.write_pos) is not None for s in self.sessions.values())
 
     def batch_delay(self, now: float) -> float:
-        """Seconds worth waiting before the next batch so that more sessions' strides can join it; 0: run now.
+        """Seconds worth waiting before the next forward pass so that more sessions' strides join it; 0: run now.
 
-        Adaptive, so light load pays nothing: it waits only while the batch has room, nobody is behind (a
-        session with a second stride buffered means the worker is the bottleneck, and waiting would only add to
-        it), and some other session's stride is due within the window, judging by how many samples it still
-        lacks at the real-time rate. One stream alone never waits. The window starts when waiting starts, so a
-        steady trickle of "almost ready" sessions cannot postpone a batch past `batch_wait_s`."""
+        Waiting delays the strides that are ready, so it pays only when the worker could not keep up running strides
+        one at a time: then a stride that arrives while a pass runs waits for that pass *and* its own, and one pass
+        for both costs less than two. So it waits only when all of these hold:
+
+        * the worker is loaded: its open sessions, each a stride per stride period at the measured cost of a
+          one-session pass, would keep it busy all the time. At light load it never waits (one stream, or a few
+          that fit comfortably, pay nothing);
+        * the batch has room, and nobody is behind (a second stride already buffered means waiting only adds to
+          the backlog);
+        * another session's stride is due before the pass that could run now would finish (its measured cost),
+          judging by the samples it still lacks at the real-time rate; and at most `batch_wait_s`, counted from
+          when waiting started, so a trickle of almost-ready sessions cannot postpone a pass indefinitely."""
         if self.batch_wait_s <= 0 or self.max_batch <= 1:
             return 0.0
-        ready, due = 0, False
+        ready, open_sessions, soonest = 0, 0, float("inf")
+        stride_s = 0.0
         for state in self.sessions.values():
             write_pos = state.ring.write_pos
             step = state.next_step(write_pos)
             stride = state.options.stride_samples
+            stride_s = max(stride_s, stride / SAMPLE_RATE)
+            if state.end_pos is None:
+                open_sessions += 1
             if step is not None:
                 ready += 1
                 if not step[1] and write_pos - state.cursor >= 2 * stride:
                     return self._stop_waiting()  # behind: run now
             elif state.end_pos is None:
-                missing = state.cursor + stride - write_pos
-                due = due or missing <= self.batch_wait_s * SAMPLE_RATE
-        if ready == 0 or ready >= self.max_batch or not due:
+                soonest = min(soonest, (state.cursor + stride - write_pos) / SAMPLE_RATE)
+        single = self.forward_estimate(1)
+        loaded = single > 0 and open_sessions * single >= stride_s
+        window = min(self.batch_wait_s, self.forward_estimate(ready))
+        if ready == 0 or ready >= self.max_batch or not loaded or soonest > window:
             return self._stop_waiting()
         if self._wait_deadline is None:
-            self._wait_deadline = now + self.batch_wait_s
+            self._wait_deadline = now + window
         return max(0.0, self._wait_deadline - now)
+
+    def record_forward(self, batch: int, seconds: float) -> None:
+        """Learn what a forward pass of `batch` sessions costs on this worker (a moving average per size)."""
+        old = self._forward_s.get(batch)
+        self._forward_s[batch] = seconds if old is None else 0.8 * old + 0.2 * seconds
+
+    def forward_estimate(self, batch: int) -> float:
+        """The cost of a pass of `batch` sessions: measured for that size, else for the largest smaller size seen
+        (0 before any pass: nothing is known, so nothing is worth waiting for)."""
+        sizes = [size for size in self._forward_s if size <= batch]
+        return self._forward_s[max(sizes)] if sizes else 0.0
 
     def _stop_waiting(self) -> float:
         self._wait_deadline = None
@@ -255,6 +280,7 @@ class WorkerCore:
                     out.extend(self._run([state.session_id]))
             return out
         compute_s = time.perf_counter() - started
+        self.record_forward(len(work), compute_s)
         self.strides += len(work)
         self.batches += 1
         for (state, n, is_final, _), tokens in zip(work, results):
