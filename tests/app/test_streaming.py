@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from app.client import ParastreamClient, TranscriptEvent
+from benchmarks import server_metrics
 from tests.audio import synth_speechlike
 from tests.harness import ServiceProcess
 from tests.reference_cache import reference_tokens
@@ -56,7 +57,7 @@ def test_eight_concurrent_sessions_match_the_in_process_reference(service: Servi
     started = time.monotonic()
     results, workers = asyncio.run(run())
     served_s = time.monotonic() - started
-    _maybe_record(model_dir, clips, results, workers, served_s)
+    _maybe_record(model_dir, clips, results, workers, served_s, service.base_url)
     assert sorted(set(workers)) == [0, 1], "sessions should spread over both workers"
     for clip, events in zip(clips, results):
         final = events[-1]
@@ -125,7 +126,14 @@ def test_8khz_session_is_resampled(service: ServiceProcess) -> None:
     assert info["samples_received"] == info["samples_processed"] == len(clip)
 
 
-def _maybe_record(model_dir: Path, clips: list[np.ndarray], results: list[list[TranscriptEvent]], workers: list[int], served_s: float) -> None:
+def _maybe_record(
+    model_dir: Path,
+    clips: list[np.ndarray],
+    results: list[list[TranscriptEvent]],
+    workers: list[int],
+    served_s: float,
+    base_url: str,
+) -> None:
     """With PARASTREAM_EXACTNESS_REPORT=path, write what this run compared (for the large-random record)."""
     path = os.environ.get("PARASTREAM_EXACTNESS_REPORT")
     if not path:
@@ -141,6 +149,8 @@ def _maybe_record(model_dir: Path, clips: list[np.ndarray], results: list[list[T
         "test": "test_eight_concurrent_sessions_match_the_in_process_reference",
         "model": model_dir.name, "workers": 2, "sessions": sessions,
         "all_identical": all(s["identical"] for s in sessions), "served_wall_s": round(served_s, 1),
+        # How the strides were batched (the service's /metrics since it started; batching is on by default).
+        "strides": server_metrics.trial_summary({}, server_metrics.scrape(base_url)),
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
         "commit": commit, "date": time.strftime("%Y-%m-%d"),
         "note": "random weights: the tokens are gibberish; this checks exactness, not accuracy",
