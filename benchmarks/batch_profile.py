@@ -56,6 +56,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from benchmarks.bound import _stats
+
 SCHEMA = "parastream.batch_profile/1"
 PARTS = ("frontend", "encoder", "predictor", "decoder")
 DEFAULT_BATCH_SIZES = (1, 2, 4, 6, 8, 12, 16)
@@ -149,20 +151,6 @@ def _install(sm: Any) -> _Parts:
 
 
 # ------------------------------------------------------------------------------------------------ measuring
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    import numpy as np
-
-    arr = np.asarray(values, dtype=np.float64)
-    return {
-        "median": float(np.median(arr)),
-        "p90": float(np.percentile(arr, 90)),
-        "mean": float(arr.mean()),
-        "min": float(arr.min()),
-        "max": float(arr.max()),
-        "n": int(arr.size),
-    }
 
 
 class _Sessions:
@@ -270,7 +258,7 @@ def _measure_batch(sm: Any, opts: Any, parts: _Parts, batch: int, warmup: int, s
         for p in PARTS:
             split[p].append(parts.ms[p])
         split["other"].append(dt - sum(parts.ms.values()))
-    wall_stats, cpu_stats = _stats(wall), _stats(cpu)
+    wall_stats, cpu_stats = _stats(wall, tail=90), _stats(cpu, tail=90)
     row = {
         "batch": batch,
         "path": "step" if batch == 1 else "step_batch",

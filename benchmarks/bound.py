@@ -283,13 +283,14 @@ def _run_worker(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ worker side
 
 
-def _stats(values: list[float]) -> dict[str, float]:
+def _stats(values: list[float], tail: int = 95) -> dict[str, float]:
+    """Median, the `tail` percentile (key `p<tail>`), mean, min, max and count."""
     import numpy as np
 
     arr = np.asarray(values, dtype=np.float64)
     return {
         "median": float(np.median(arr)),
-        "p95": float(np.percentile(arr, 95)),
+        f"p{tail}": float(np.percentile(arr, tail)),
         "mean": float(arr.mean()),
         "min": float(arr.min()),
         "max": float(arr.max()),

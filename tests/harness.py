@@ -39,6 +39,16 @@ def alive(pid: int) -> bool:
         return False
 
 
+def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll `predicate` every 50 ms until it is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def segments_of(pid: int) -> list[str]:
     return [name for name in list_segments() if name.startswith(f"parastream_{pid}_")]
 

@@ -230,10 +230,6 @@ class WorkerCore:
             self._turn = batch[-1]
         return self._run(batch)
 
-    def step_session(self, session_id: str) -> FromWorker | None:
-        out = self._run([session_id])
-        return out[0] if out else None
-
     def _ready_in_turn(self) -> list[str]:
         """Sessions with a step ready, starting after the last one served."""
         ids = list(self.sessions)

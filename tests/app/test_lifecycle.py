@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from app.client import ParastreamClient
 from benchmarks.resources import descendants
 from tests.audio import synth_speechlike
 from tests.reference_cache import reference_tokens
-from tests.harness import CLEAN_EXIT, alive, ROOT, ServiceProcess, free_port, segments_of
+from tests.harness import CLEAN_EXIT, alive, ROOT, ServiceProcess, free_port, segments_of, wait_for
 
 PCM = {"Content-Type": "application/octet-stream"}
 
@@ -36,15 +35,6 @@ def small(tiny_model_dir: Path) -> Iterator[ServiceProcess]:
     svc.remove_log()
 
 
-def _wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _children(pid: int) -> set[int]:
     return set(descendants(pid))
 
@@ -55,7 +45,7 @@ def test_idle_session_is_evicted_and_freed(small: ServiceProcess) -> None:
             session = await client.create_session()
             events = asyncio.create_task(_events(client, session["id"]))
             await client.append(session["id"], synth_speechlike(1.0, seed=5))
-            _wait_for(lambda: _worker_sessions(small) == 1, what="the worker to hold the cache")
+            wait_for(lambda: _worker_sessions(small) == 1, what="the worker to hold the cache")
             assert segments_of(small.pid)
             got = await asyncio.wait_for(events, 20)  # no more audio: the idle timeout closes it
             return got, (await client.http.get(f"/v1/sessions/{session['id']}")).json()["state"]
@@ -64,7 +54,7 @@ def test_idle_session_is_evicted_and_freed(small: ServiceProcess) -> None:
     assert events[-1].type == "final" and events[-1].data["reason"] == "idle_timeout"
     assert state == "finished"
     assert segments_of(small.pid) == []
-    _wait_for(lambda: _worker_sessions(small) == 0, what="the worker to free the cache")
+    wait_for(lambda: _worker_sessions(small) == 0, what="the worker to free the cache")
     assert all(w["cache_bytes"] == 0 for w in small.workers())
 
 
@@ -103,12 +93,12 @@ def test_full_ring_gives_429_and_loses_nothing(small: ServiceProcess) -> None:
             assert http.get(f"/v1/sessions/{session['id']}").json()["samples_received"] == 64_000
         finally:
             os.kill(worker_pid, signal.SIGCONT)
-        _wait_for(
+        wait_for(
             lambda: http.post(f"/v1/sessions/{session['id']}/audio", content=two_seconds, headers=PCM).status_code == 200,
             what="room in the ring",
         )
         http.post(f"/v1/sessions/{session['id']}/close")
-        _wait_for(lambda: http.get(f"/v1/sessions/{session['id']}").json()["state"] == "finished", what="final")
+        wait_for(lambda: http.get(f"/v1/sessions/{session['id']}").json()["state"] == "finished", what="final")
         assert http.get(f"/v1/sessions/{session['id']}").json()["samples_processed"] == 96_000
 
 
@@ -126,7 +116,7 @@ def test_sigkilled_worker_is_replaced_and_its_session_carried_on(small: ServiceP
             await client.append(session["id"], clip[16000:])  # audio keeps coming while the worker is replaced
             await client.close(session["id"])
             got = await asyncio.wait_for(events, 20)
-            _wait_for(
+            wait_for(
                 lambda: (w := small.workers()[slot])["ready"] and w["pid"] != before["pid"], what="a replacement"
             )
             after = small.workers()[slot]
@@ -156,7 +146,7 @@ def test_sigterm_leaves_no_segments_and_no_processes(tiny_model_dir: Path) -> No
         assert len(descendants) >= 3  # model host + 2 workers
         assert svc.stop(signal.SIGTERM, timeout=60) in CLEAN_EXIT
         assert segments_of(svc.pid) == []
-        _wait_for(lambda: not any(alive(p) for p in descendants), timeout=10, what="workers to exit")
+        wait_for(lambda: not any(alive(p) for p in descendants), timeout=10, what="workers to exit")
     finally:
         svc.__exit__(None, None, None)
         svc.remove_log()

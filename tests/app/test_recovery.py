@@ -19,7 +19,7 @@ import pytest
 from app.client import ParastreamClient, TranscriptEvent
 from engine.ring import list_segments
 from tests.audio import synth_speechlike
-from tests.harness import CLEAN_EXIT, alive, ServiceProcess, segments_of
+from tests.harness import CLEAN_EXIT, alive, ServiceProcess, segments_of, wait_for
 from tests.reference_cache import reference_tokens
 
 PCM = {"Content-Type": "application/octet-stream"}
@@ -27,15 +27,6 @@ PCM = {"Content-Type": "application/octet-stream"}
 
 async def _collect(client: ParastreamClient, sid: str) -> list[TranscriptEvent]:
     return [e async for e in client.events(sid)]
-
-
-def _wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _assert_clean_log(events: list[TranscriptEvent], expected: list[str]) -> None:
@@ -70,7 +61,7 @@ def test_sigkilled_workers_mid_stream_change_nothing(model_dir: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
                 await asyncio.to_thread(
-                    _wait_for, lambda: svc.workers()[slot]["ready"] and svc.workers()[slot]["pid"] != pid, 60
+                    wait_for, lambda: svc.workers()[slot]["ready"] and svc.workers()[slot]["pid"] != pid, 60
                 )
             return killed
 
@@ -114,7 +105,7 @@ def test_retried_append_is_idempotent_and_gaps_are_refused(model_dir: Path) -> N
         assert r.json()["samples_received"] == 30000
         http.post(url, params={"offset": 30000}, content=c.tobytes(), headers=PCM)
         http.post(f"/v1/sessions/{sid}/close")
-        _wait_for(lambda: http.get(f"/v1/sessions/{sid}").json()["state"] == "finished", what="final")
+        wait_for(lambda: http.get(f"/v1/sessions/{sid}").json()["state"] == "finished", what="final")
         replay = http.get(f"/v1/sessions/{sid}/events").text  # the whole log, the final last
         final = json.loads([line for line in replay.splitlines() if line.startswith("data:")][-1][5:])
         assert http.get(f"/v1/sessions/{sid}").json()["samples_received"] == len(clip)
@@ -140,7 +131,7 @@ def test_boot_failure_loop_halts_the_slot_and_moves_its_sessions(model_dir: Path
                     await client.append(sid, clip[:32000])
                 fail_file.touch()  # from now on every new worker dies while booting
                 os.kill(svc.workers()[0]["pid"], signal.SIGKILL)
-                await asyncio.to_thread(_wait_for, lambda: svc.workers()[0]["halted"], 60, "slot 0 halted")
+                await asyncio.to_thread(wait_for, lambda: svc.workers()[0]["halted"], 60, "slot 0 halted")
                 ready = httpx.get(f"{svc.base_url}/readyz")
                 for sid, clip in zip(sessions, clips):
                     await client.append(sid, clip[32000:])
@@ -217,7 +208,7 @@ def test_api_process_sigkilled_leaves_no_orphans_and_next_start_cleans(model_dir
     assert len(left) >= 2
     os.kill(svc.pid, signal.SIGKILL)  # no shutdown code runs in the API process
     svc.proc.wait(10)
-    _wait_for(lambda: not any(alive(p) for p in children), 15, "workers to notice and exit")
+    wait_for(lambda: not any(alive(p) for p in children), 15, "workers to notice and exit")
     assert set(left) <= set(list_segments())  # nobody was left to unlink them...
     with ServiceProcess(model_dir, workers=1) as second:  # ...until the next start
         assert not any(name in list_segments() for name in left)
@@ -241,7 +232,7 @@ def test_stalled_subscriber_is_cut_off_and_resumes(model_dir: Path) -> None:
         stalled.sendall(f"GET /v1/sessions/{sid}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         http.post(f"/v1/sessions/{sid}/audio", content=clip.tobytes(), headers=PCM)
         http.post(f"/v1/sessions/{sid}/close")
-        _wait_for(lambda: http.get(f"/v1/sessions/{sid}").json()["state"] == "finished", 120, "final")
+        wait_for(lambda: http.get(f"/v1/sessions/{sid}").json()["state"] == "finished", 120, "final")
         time.sleep(2.5)  # past the send timeout
         stalled.settimeout(10)
         received = b""
@@ -263,7 +254,7 @@ def test_resume_past_retained_history_says_so(model_dir: Path) -> None:
         sid = http.post("/v1/sessions").json()["id"]
         http.post(f"/v1/sessions/{sid}/audio", content=clip.tobytes(), headers=PCM)
         http.post(f"/v1/sessions/{sid}/close")
-        _wait_for(lambda: http.get(f"/v1/sessions/{sid}").json()["state"] == "finished", 30, "final")
+        wait_for(lambda: http.get(f"/v1/sessions/{sid}").json()["state"] == "finished", 30, "final")
         total = http.get(f"/v1/sessions/{sid}").json()["events"]
         assert total > 6
         text = http.get(f"/v1/sessions/{sid}/events", headers={"Last-Event-ID": "1"}).text
