@@ -1,14 +1,23 @@
 # One command per job. Each sets up the virtual environment first if it is missing or out of date.
-#   make demo   build tiny-random, start the service, stream the bundled WAV through it, print the events
+#   make demo   start the service with the trained demo model (models/digits), stream its clips, print the events
 #   make test   the whole test suite (what .ci/run runs)
 #   make serve  the service with settings from the environment / .env
+#   make digits-model  retrain models/digits from scratch (about 45 min on 2 cores; docs/demo-model.md)
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test serve clean
+.PHONY: install system-deps demo test serve digits-model clean
+
+# espeak-ng (Debian) synthesises the demo model's training and evaluation speech; the accuracy tests and
+# `parastream demo --say` need it. Installed here when missing and we may (root with apt-get).
+system-deps:
+	@command -v espeak-ng >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
+	  else echo "espeak-ng is missing: install it (Debian: apt-get install espeak-ng)" >&2; exit 1; fi; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +27,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) system-deps
 
 demo: $(STAMP)
 	$(BIN)/parastream demo
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
+
+digits-model: $(STAMP) system-deps
+	$(BIN)/python -m engine.training digits models/digits
 
 serve: $(STAMP)
 	$(BIN)/parastream serve

@@ -162,8 +162,8 @@ def build_random_model(kind: str, out_dir: Path, seed: int = 0) -> Path:
     conf = model_config(kind)
     tokens = token_list(kind)
 
-    _write_config(out_dir / "config.yaml", conf)
-    (out_dir / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    write_config(out_dir / "config.yaml", conf)
+    write_tokens(out_dir / "tokens.json", tokens)
     _write_am_mvn(out_dir / "am.mvn", seed)
     _write_weights(out_dir / "model.pt", conf, vocab_size=len(tokens), seed=seed)
     return out_dir
@@ -233,7 +233,11 @@ def _discard(path: Path, cache_dir: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _write_config(path: Path, conf: dict[str, Any]) -> None:
+def write_tokens(path: Path, tokens: list[str]) -> None:
+    path.write_text(json.dumps(tokens, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+
+
+def write_config(path: Path, conf: dict[str, Any]) -> None:
     import yaml  # PyYAML: a dependency of omegaconf, which FunASR uses to read this file
 
     # sort_keys=False keeps the template's order; the output is a pure function of ``conf``.
@@ -241,16 +245,22 @@ def _write_config(path: Path, conf: dict[str, Any]) -> None:
 
 
 def _write_am_mvn(path: Path, seed: int) -> None:
-    """Kaldi Nnet text with ``<AddShift>`` / ``<Rescale>`` vectors, in the layout of the real ``am.mvn``.
+    """A random ``am.mvn``: shift is small seeded noise and rescale is near 1.
 
-    FunASR's WavFrontendOnline computes ``(feats + shift) * rescale``. The real file holds -mean and
-    1/std of log-mel features (about -10 and 0.25); here shift is small seeded noise and rescale is near
-    1, so the transform is visibly applied (features differ from unnormalised ones) without changing the
-    scale the random encoder sees. Values are formatted with fixed precision so the text is deterministic.
+    The real file holds -mean and 1/std of log-mel features (about -10 and 0.25). These values make the
+    transform visibly applied (features differ from unnormalised ones) without changing the scale the random
+    encoder sees.
     """
     rng = np.random.default_rng(seed)
-    shift = rng.uniform(-0.5, 0.5, FEAT_DIM)
-    rescale = rng.uniform(0.9, 1.1, FEAT_DIM)
+    write_am_mvn(path, rng.uniform(-0.5, 0.5, FEAT_DIM), rng.uniform(0.9, 1.1, FEAT_DIM))
+
+
+def write_am_mvn(path: Path, shift: np.ndarray, rescale: np.ndarray) -> None:
+    """Kaldi Nnet text with ``<AddShift>`` / ``<Rescale>`` vectors, in the layout of the real ``am.mvn``.
+
+    FunASR's WavFrontendOnline computes ``(feats + shift) * rescale``. Values are formatted with fixed
+    precision so the text is deterministic.
+    """
 
     def vec(values: np.ndarray) -> str:
         return " ".join(f"{v:.6f}" for v in values)
@@ -269,7 +279,21 @@ def _write_am_mvn(path: Path, seed: int) -> None:
 
 
 def _write_weights(path: Path, conf: dict[str, Any], vocab_size: int, seed: int) -> None:
-    """Instantiate the model the way ``AutoModel.build_model`` does, under a fixed seed, and save it."""
+    """Instantiate the model under a fixed seed and save its weights."""
+    save_weights(path, instantiate(conf, vocab_size, seed))
+
+
+def save_weights(path: Path, model: Any) -> None:
+    import torch
+
+    state_dict = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    # torch.save's zip archive is deterministic for identical tensors, but its internal record prefix is
+    # taken from the file's basename - so build dirs must always use the final name ``model.pt``.
+    torch.save(state_dict, path)
+
+
+def instantiate(conf: dict[str, Any], vocab_size: int, seed: int) -> Any:
+    """The model of ``conf``, built the way ``AutoModel.build_model`` does, its weights drawn under ``seed``."""
     import torch
 
     import funasr  # noqa: F401  - importing the package registers the model classes in ``tables``
@@ -287,8 +311,4 @@ def _write_weights(path: Path, conf: dict[str, Any], vocab_size: int, seed: int)
     # fork_rng: seed locally without disturbing the caller's global RNG state.
     with _RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = model_class(**kwargs)
-    state_dict = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    # torch.save's zip archive is deterministic for identical tensors, but its internal record prefix is
-    # taken from the file's basename - so build dirs must always use the final name ``model.pt``.
-    torch.save(state_dict, path)
+        return model_class(**kwargs)
