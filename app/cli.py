@@ -29,9 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     make.add_argument("dir", type=Path)
     make.add_argument("--seed", type=int, default=0)
 
-    demo = sub.add_parser("demo", help="build tiny-random, serve it, stream a WAV through it at real-time pace")
-    demo.add_argument("--wav", type=Path, help="16-bit mono WAV (default: the bundled sample)")
-    demo.add_argument("--model", help="model dir or name (default: tiny-random built into .cache/)")
+    demo = sub.add_parser("demo", help="serve the trained demo model, stream clips through it at real-time pace")
+    what = demo.add_mutually_exclusive_group()
+    what.add_argument("--say", help="digits to synthesise with espeak-ng and transcribe (e.g. '3 1 4' or 三一四)")
+    what.add_argument("--wav", type=Path, help="a 16-bit mono WAV to stream instead of the committed clips")
+    demo.add_argument("--model", help="model dir or name (default: the committed models/digits)")
     demo.add_argument("--speed", type=float, default=1.0, help="pace relative to real time (1.0 = real time)")
 
     bench = sub.add_parser("bench", help="benchmarks (same as python -m benchmarks ...)", add_help=False)
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_serve(overrides))
     from app.demo import run_demo
 
-    return asyncio.run(run_demo(args.wav, args.model, args.speed))
+    return asyncio.run(run_demo(args.wav, args.model, args.speed, args.say))
 
 
 def _make_model(kind: str, out: Path, seed: int) -> int:
