@@ -43,11 +43,11 @@ class Clip:
 
 
 def committed_clips(model_dir: Path = DEMO_MODEL_DIR) -> list[Clip]:
-    """The demo WAVs written by the training script, `NN-<spoken digits>.wav`."""
+    """The demo WAVs written by the training script, `NN-<spoken digits as 0-9>.wav`."""
     clips = []
     for path in sorted((model_dir / "demo").glob("*.wav")):
         pcm, rate = read_wav(path)
-        clips.append(Clip(path.name, pcm, rate, path.stem.split("-", 1)[1]))
+        clips.append(Clip(path.name, pcm, rate, path.stem.split("-", 1)[1].translate(ARABIC)))
     return clips
 
 

@@ -5,7 +5,8 @@ What lands in OUT (docs/demo-model.md explains each):
 * ``config.yaml``, ``model.pt``, ``tokens.json``, ``am.mvn``: a model dir FunASR's ``AutoModel`` loads;
 * ``eval.jsonl``: the held-out clips (one :class:`~engine.training.synth.ClipSpec` a line), drawn independently of
   the training clips over the same range; the CER tests synthesise them again;
-* ``demo/*.wav``: a few clips for ``make demo``, so the demo needs no espeak-ng;
+* ``demo/NN-<digits>.wav``: a few clips for ``make demo`` (the spoken digits in the name), so the demo needs no
+  espeak-ng;
 * ``training.json``: the command's settings, the time each phase took, the loss per epoch, the streaming CER on
   the held-out clips through FunASR's own loop, and the sha256 of every file above.
 """
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.mkdir(exist_ok=True)
     for i in range(args.demo_clips):
         spec, pcm = synth.synthesize_text(synth.draw_spec(args.seed, "demo", i).text, seed=i)
-        _write_wav(demo / f"{i:02d}-{spec.text}.wav", pcm)
+        # The spoken digits in the name, as Arabic numerals: an ASCII name travels through every tool.
+        _write_wav(demo / f"{i:02d}-{''.join(str(synth.DIGITS.index(ch)) for ch in spec.text)}.wav", pcm)
     record["sha256"] = {str(p.relative_to(out)): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file() and p.name != "training.json"}
     save_json(out / "training.json", record)
     return 0
