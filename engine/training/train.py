@@ -165,7 +165,7 @@ def train(clips: ClipSet, out_dir: Path, cfg: TrainConfig, log: Any = print) -> 
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             accs.append(acc)
             step += 1
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "acc": float(np.mean(accs))})
