@@ -28,6 +28,7 @@ import funasr
 from funasr.utils import postprocess_utils
 from funasr.utils.load_utils import extract_fbank
 
+from engine import position_encoding
 from engine.batched_step import BatchedParaformer, BatchItem, supports_batching
 from engine.messages import StreamOptions
 
@@ -279,6 +280,9 @@ class StreamingModel:
     def __init__(self, automodel: Any) -> None:
         self.automodel = automodel
         self.model: torch.nn.Module = automodel.model
+        # FunASR's streaming position encoding recomputes every position since the session began, on every
+        # stride; ours computes the stride's own, bit-identically (engine/position_encoding.py says why).
+        position_encoding.install(self.model)
         # FunASR keeps a pristine snapshot of its kwargs before any generate() call merged a cache or
         # is_final into them; prefer it over the live dict.
         base = getattr(automodel, "_base_kwargs_map", {}).get("kwargs") or automodel.kwargs

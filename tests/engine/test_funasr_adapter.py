@@ -33,8 +33,19 @@ def automodel(tiny_model_dir: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def streaming(automodel: Any) -> StreamingModel:
-    return StreamingModel(automodel)
+def streaming(tiny_model_dir: Path) -> StreamingModel:
+    # A model of its own: StreamingModel installs our position encoder on the model it serves, and the reference
+    # (`automodel`) must keep running FunASR's own modules.
+    return StreamingModel(load_automodel(str(tiny_model_dir), ncpu=1))
+
+
+def test_the_reference_keeps_funasrs_own_position_encoder(automodel: Any, streaming: StreamingModel) -> None:
+    from funasr.models.transformer.embedding import StreamSinusoidalPositionEncoder
+
+    from engine.position_encoding import StridePositionEncoder
+
+    assert type(automodel.model.encoder.embed) is StreamSinusoidalPositionEncoder
+    assert type(streaming.model.encoder.embed) is StridePositionEncoder
 
 
 def clip(n_samples: int, seed: int) -> np.ndarray:
@@ -197,8 +208,8 @@ def test_reference_restores_generate_chunk(automodel: Any) -> None:
     assert "generate_chunk" not in automodel.model.__dict__
 
 
-def test_to_cpu_keeps_results(automodel: Any) -> None:
-    model = StreamingModel(automodel).to("cpu")
+def test_to_cpu_keeps_results(automodel: Any, tiny_model_dir: Path) -> None:
+    model = StreamingModel(load_automodel(str(tiny_model_dir), ncpu=1)).to("cpu")
     samples = clip(2 * STRIDE + 1234, seed=9)
     assert model.device == "cpu"
     assert stream_steps(model, samples) == reference_transcript(automodel, samples, OPTS)[0]
