@@ -1,0 +1,114 @@
+"""Cost of a stride over a session's life, end to end through the service.
+
+    python -m benchmarks.long_session --model tiny-random --minutes 60    # writes results/long-session-<model>.{md,json}
+
+One session on a one-worker service is fed ``--minutes`` of speech-like audio as fast as the service takes it
+(1 s appends, waiting out 429s), and subscribes to its events with ``?progress=true``, so that every stride announces
+itself (a `partial` or an id-less `progress` event carrying `samples_processed`). The worker is never idle, so the
+wall time between announcements is what one stride costs the whole service: the model, the worker's bookkeeping and
+snapshot, the pipe, the API process and the SSE stream. The report gives that cost over the 1st, 10th, 30th and 60th
+minute of audio (and the last one, for shorter runs), and the size of the partial events there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from app.client import ParastreamClient
+from benchmarks.audio import synth_speechlike
+from benchmarks.systems import RunningSystem, SystemSpec
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RATE = 16000
+STRIDE = 9600
+MARKS = (1, 10, 30, 60)
+
+
+async def _feed(client: ParastreamClient, session_id: str, minutes: int) -> None:
+    for minute in range(minutes):
+        pcm = synth_speechlike(60.0, seed=1000 + minute)
+        for start in range(0, len(pcm), RATE):
+            while True:
+                try:
+                    await client.append(session_id, pcm[start : start + RATE])
+                    break
+                except httpx.HTTPStatusError as exc:
+                    if exc.response.status_code != 429:
+                        raise
+                    await asyncio.sleep(0.02)  # the ring is full: the worker is busy, which is the point
+    await client.close(session_id)
+
+
+async def _measure(base_url: str, minutes: int) -> list[tuple[float, int, int]]:
+    """(wall time, samples processed, bytes of the event's JSON) for every stride's event."""
+    seen: list[tuple[float, int, int]] = []
+    async with ParastreamClient(base_url, timeout=120) as client:
+        session = await client.create_session()
+        feeder = asyncio.create_task(_feed(client, session["id"], minutes))
+        async for event in client.events(session["id"], progress=True):
+            if "samples_processed" in event.data:
+                seen.append((time.monotonic(), int(event.data["samples_processed"]), len(json.dumps(event.data, ensure_ascii=False))))
+        await feeder
+    return seen
+
+
+def _window(seen: list[tuple[float, int, int]], start_minute: int) -> dict[str, Any]:
+    lo, hi = (start_minute - 1) * 60 * RATE, start_minute * 60 * RATE
+    inside = [s for s in seen if lo <= s[1] < hi]
+    if len(inside) < 2:
+        return {}
+    strides = (inside[-1][1] - inside[0][1]) / STRIDE
+    partials = [s[2] for s in inside if s[2] > 40]  # progress events are ~30 bytes; partials carry text
+    return {
+        "minute": start_minute,
+        "ms_per_stride": round(1000 * (inside[-1][0] - inside[0][0]) / strides, 2),
+        "strides": int(strides),
+        "partial_event_bytes_max": max(partials, default=0),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.long_session")
+    parser.add_argument("--model", default="tiny-random", help="tiny-random, large-random, or a model dir")
+    parser.add_argument("--minutes", type=int, default=60)
+    parser.add_argument("--name", help="result file stem (default: long-session-<model>)")
+    parser.add_argument("--label", default="", help="a note stored with the result (what code was measured)")
+    args = parser.parse_args(argv)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from benchmarks.__main__ import resolve_model
+
+    model_dir = resolve_model(args.model)
+    spec = SystemSpec("parastream-1w", "Parastream, 1 worker", (sys.executable, "-m", "app.cli", "serve"),
+                      {"PARASTREAM_WORKERS": "1", "PARASTREAM_SESSION_IDLE_TIMEOUT_S": "600"})
+    started = time.monotonic()
+    with RunningSystem(spec, model_dir) as system:
+        seen = asyncio.run(_measure(system.base_url, args.minutes))
+    marks = sorted({m for m in MARKS if m <= args.minutes} | {args.minutes})
+    rows = [r for r in (_window(seen, m) for m in marks) if r]
+    result = {"model": Path(model_dir).name, "minutes": args.minutes, "label": args.label,
+              "wall_seconds": round(time.monotonic() - started, 1), "rows": rows}
+    name = args.name or f"long-session-{Path(model_dir).name.removesuffix('-seed0')}"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    first = rows[0]["ms_per_stride"]
+    lines = [f"# Stride cost over a session's life: {result['model']}, {args.minutes} min of audio, 1 worker", "",
+             f"{args.label}", "", "| minute of audio | ms per stride, end to end | vs minute 1 | largest partial event, bytes |",
+             "|---:|---:|---:|---:|"]
+    lines += [f"| {r['minute']} | {r['ms_per_stride']} | {r['ms_per_stride'] / first:.2f}x | {r['partial_event_bytes_max']} |" for r in rows]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
