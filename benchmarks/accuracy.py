@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.training.train import streaming_cer
 
     model_dir = Path((argv or sys.argv[1:] or ["models/digits"])[0])
-    specs = [synth.ClipSpec.from_json(json.loads(line)) for line in (model_dir / "eval.jsonl").read_text().splitlines()]
+    specs = synth.read_specs(model_dir / "eval.jsonl")
     _, hyps = streaming_cer(model_dir, [(s.text, synth.synthesize(s)) for s in specs])
     rows = []
     for name, keep in CONDITIONS:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import sys
@@ -27,8 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from engine.training import dataset, synth
-
-MODEL_FILES = ("config.yaml", "model.pt", "tokens.json", "am.mvn", "eval.jsonl")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     record.update(train(clips, out, cfg))
 
     specs = [synth.draw_spec(args.seed, "eval", i) for i in range(args.eval_clips)]
-    (out / "eval.jsonl").write_text("".join(json.dumps(s.to_json(), ensure_ascii=False) + "\n" for s in specs), encoding="utf-8")
+    synth.write_specs(out / "eval.jsonl", specs)
     t0 = time.monotonic()
     cer, hyps = streaming_cer(out, [(s.text, synth.synthesize(s)) for s in specs], threads=args.threads)
     record["eval"] = {

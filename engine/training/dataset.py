@@ -19,19 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from engine import model_factory
 from engine.training import synth
 
-# The streaming model's frontend, as in engine.model_factory's config (dither 0; no CMVN here).
-FRONTEND_CONF: dict[str, Any] = {
-    "fs": 16000,
-    "window": "hamming",
-    "n_mels": 80,
-    "frame_length": 25,
-    "frame_shift": 10,
-    "lfr_m": 7,
-    "lfr_n": 6,
-    "dither": 0.0,
-}
+# The trained model's own frontend settings (dither 0); CMVN is left out here and applied by the trainer.
+FRONTEND_CONF: dict[str, Any] = model_factory.model_config("tiny-random")["frontend_conf"]
 
 
 @dataclass

@@ -24,10 +24,12 @@ No torch here: the demo's ``--say`` uses this module in the API-side process.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,6 +76,15 @@ class ClipSpec:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ClipSpec:
         return cls(**data)
+
+
+def write_specs(path: Path, specs: list[ClipSpec]) -> None:
+    """One spec a line, as JSON (a model's ``eval.jsonl``)."""
+    path.write_text("".join(json.dumps(s.to_json(), ensure_ascii=False) + "\n" for s in specs), encoding="utf-8")
+
+
+def read_specs(path: Path) -> list[ClipSpec]:
+    return [ClipSpec.from_json(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def espeak_available() -> bool:

@@ -35,8 +35,7 @@ def digits_service() -> Iterator[ServiceProcess]:
 
 
 def _held_out() -> list[synth.ClipSpec]:
-    lines = (DIGITS_MODEL / "eval.jsonl").read_text(encoding="utf-8").splitlines()
-    return [synth.ClipSpec.from_json(json.loads(line)) for line in lines]
+    return synth.read_specs(DIGITS_MODEL / "eval.jsonl")
 
 
 async def _transcribe_all(base_url: str, clips: list[np.ndarray]) -> list[str]:
