@@ -87,13 +87,16 @@ async def _serve(overrides: dict[str, object]) -> int:
         log.error("cannot start: %s", exc)
         await engine.stop()
         return 2
-    from app.server import DrainingServer
+    from app.server import DrainingServer, listening_socket
 
     app = create_app(settings, engine)
     # The drain takes most of the grace; uvicorn gets a second for connections still open after it.
     drain_s = max(0.0, settings.shutdown_grace_s - 1.0)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=1, log_level="info")
-    await DrainingServer(config, engine, drain_s).serve()
+    sock = listening_socket(settings.host, settings.port, settings.send_buffer_bytes)
+    if sock is not None:  # uvicorn announces only the sockets it binds itself
+        log.info("listening on %s:%d, send buffer %d bytes", settings.host, settings.port, settings.send_buffer_bytes)
+    await DrainingServer(config, engine, drain_s).serve(sockets=None if sock is None else [sock])
     return 0
 
 

@@ -72,7 +72,7 @@ def _free_port() -> int:
 def _print_event(event: TranscriptEvent, t0: float) -> None:
     stamp = f"{time.monotonic() - t0:6.2f}s"
     if event.type == "partial":
-        print(f"  {stamp} partial #{event.id}: +{''.join(event.data['tokens'])}  | {event.data['text']}", flush=True)
+        print(f"  {stamp} partial #{event.id}: +{event.data['text']}", flush=True)
     elif event.type == "error":
         print(f"  {stamp} error   #{event.id}: {event.data}", flush=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import socket
 from types import FrameType
 
 import uvicorn
@@ -40,3 +41,22 @@ class DrainingServer(uvicorn.Server):
             await self.engine.drain(self.grace_s)
         finally:
             super().handle_exit(sig, None)
+
+
+
+def listening_socket(host: str, port: int, send_buffer_bytes: int) -> socket.socket | None:
+    """A listening socket whose connections get `SO_SNDBUF = send_buffer_bytes`, or None (0: uvicorn binds its own
+    and the kernel autotunes). Linux copies a listener's buffer size, and turns autotuning off, on every connection it
+    accepts; uvicorn has no option for it.
+
+    The socket says it is TCP (`IPPROTO_TCP`, not uvicorn's 0): asyncio turns Nagle's algorithm off only on sockets
+    whose protocol is TCP, accepted ones inherit the listener's, and with Nagle on every small SSE event waits for a
+    delayed ACK (measured: a stride's cost through the service went from 8 ms to 28 ms)."""
+    if not send_buffer_bytes:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
+    sock.bind((host, port))
+    return sock

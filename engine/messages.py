@@ -50,15 +50,16 @@ class OpenSession:
 class RestoreSession:
     """Carry on a session whose worker died: load its snapshot, replay the ring from there.
 
-    `processed_pos` and `tokens_seen` are what the API process has already heard, so the worker can send what the
-    dead worker computed (and snapshotted) but never reported, and nothing twice. `end_pos` is set if the session
-    was closing."""
+    `processed_pos` and `tokens` are what the API process has already heard, so the worker can send what the
+    dead worker computed (and snapshotted) but never reported, and nothing twice. The tokens travel here, once per
+    restore, rather than in every snapshot: a snapshot would otherwise grow with the session's age. `end_pos` is set
+    if the session was closing."""
 
     session_id: str
     ring_name: str
     options: StreamOptions
     processed_pos: int
-    tokens_seen: int
+    tokens: tuple[str, ...]
     end_pos: int | None = None
     close_reason: str = ""
 
@@ -138,12 +139,16 @@ class Pong:
 
 @dataclass(frozen=True)
 class StrideDone:
-    """One stride of one session was processed. `tokens` are this stride's new tokens (maybe none)."""
+    """One stride of one session was processed. `tokens` are this stride's new tokens (maybe none) and `text` is
+    their text, FunASR's post-processing of this stride alone (what FunASR's own loop returns per call). Nothing here
+    grows with the session's age. `transcript` is set on the final only: the whole session's text, post-processed
+    over all its tokens once (with Latin word pieces that can differ from the strides' texts joined)."""
 
     session_id: str
     processed_pos: int
     tokens: tuple[str, ...]
     text: str
+    transcript: str = ""
     final: bool = False
     reason: str = ""
     compute_s: float = 0.0  # the forward pass's wall time: shared by every session in its batch

@@ -415,11 +415,12 @@ class Engine:
         session.advance(msg.processed_pos)
         done = session.samples_processed
         if msg.tokens:
-            session.tokens.extend(msg.tokens)
-            session.text = msg.text
+            session.add_stride(msg.tokens, msg.text)
+            # A partial carries this stride's tokens and text only: its size, and the work to send it, stay flat
+            # however long the session runs (a meeting's transcript is tens of thousands of characters).
             session.emit("partial", {"tokens": list(msg.tokens), "text": msg.text, "samples_processed": done})
         if msg.final:
-            session.text = msg.text
+            session.transcript = msg.transcript
             self._end(session, SessionState.FINISHED)
             session.emit(
                 "final",
@@ -486,7 +487,7 @@ class Engine:
                 session.ring.name,
                 session.options,
                 session.processed_pos,
-                len(session.tokens),
+                tuple(session.tokens),
                 session.end_pos if closing else None,
                 session.close_reason,
             ),

@@ -53,7 +53,8 @@ class Session:
     samples_received: int = 0  # at the client's sample rate
     processed_pos: int = 0  # 16 kHz samples the worker has processed
     tokens: list[str] = field(default_factory=list)
-    text: str = ""
+    stride_texts: list[str] = field(default_factory=list)  # each partial's text, in order
+    transcript: str | None = None  # the final's whole-session text
     close_reason: str = ""
     end_pos: int | None = None  # ring position at close: the final step covers audio up to here
     restores: int = 0  # times the session was carried over to another worker after a crash
@@ -75,6 +76,16 @@ class Session:
     def samples_processed(self) -> int:
         """Processed audio at the client's rate (the worker counts 16 kHz samples)."""
         return self.processed_pos * self.sample_rate // 16_000
+
+    def add_stride(self, tokens: tuple[str, ...], text: str) -> None:
+        self.tokens.extend(tokens)
+        self.stride_texts.append(text)
+
+    @property
+    def text(self) -> str:
+        """The transcript so far: the final's once there is one, else the partials' texts joined (built only when
+        asked, so a stride's cost does not grow with the transcript)."""
+        return self.transcript if self.transcript is not None else "".join(self.stride_texts)
 
     @property
     def last_event_id(self) -> int:

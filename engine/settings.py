@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     # --- SSE ---
     sse_ping_s: float = Field(15.0, gt=0, description="Keep-alive comment interval on event streams.")
     sse_send_timeout_s: float = Field(30.0, gt=0, description="A subscriber that accepts nothing for this long is dropped.")
+    send_buffer_bytes: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Kernel send buffer of each HTTP connection, bytes; 0: the kernel autotunes it (up to net.ipv4.tcp_wmem's "
+            "max, often 4 MiB). Bounds what a subscriber that stopped reading pins until the send timeout drops it."
+        ),
+    )
 
     # --- supervision ---
     worker_ping_interval_s: float = Field(2.0, gt=0, description="How often each worker is pinged.")

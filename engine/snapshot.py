@@ -1,18 +1,23 @@
 """Session snapshots in shared memory: what lets a replacement worker carry on a session exactly.
 
 After every non-final stride, the worker pickles the session's state (the FunASR cache with its tensors as numpy
-arrays, the ring position it covers, and the tokens so far) into the session's snapshot segment, and only *then*
-releases the ring up to that position. So at any moment the snapshot plus the audio still in the ring is everything the session needs. When a worker dies,
+arrays, the ring position it covers, how many tokens the session has, and the last stride's tokens) into the
+session's snapshot segment, and only *then* releases the ring up to that position. So at any moment the snapshot plus the audio still in the ring is everything the session needs.
+
+Why only the last stride's tokens: the API process has heard every token up to the stride before the snapshot's (a
+worker sends a stride's result right after saving its snapshot, and what it sent before dying is still delivered),
+so a restore gets the older tokens from the API process (`RestoreSession.tokens`), and a snapshot's size and cost
+stay flat over a session's life instead of growing with its transcript. When a worker dies,
 another one loads the snapshot and replays the ring from the snapshot's position: the strides it computes are the
 ones the dead worker would have computed, with the same state, so the transcript is identical.
 
 Segment layout (`<ring name>_s<generation>`; little-endian u64 fields)::
 
-    0   8  magic      b"PSSNAP01"
+    0   8  magic      b"PSSNAP02"
     8   8  slot_size  bytes available to one snapshot
     16  8  active     which slot holds the latest complete snapshot (0 or 1)
     24  40 reserved
-    64     slot 0: length (u64) + pickled (cursor, tokens, cache), up to slot_size bytes
+    64     slot 0: length (u64) + pickled (cursor, token_count, last_tokens, cache), up to slot_size bytes
     64 + 8 + slot_size   slot 1, likewise
 
 Writes go to the slot that is *not* active, and `active` flips only after the write is complete, so a worker that
@@ -34,7 +39,7 @@ import torch
 
 from engine.ring import RingReader, _untracked, unlink_segment
 
-MAGIC = b"PSSNAP01"
+MAGIC = b"PSSNAP02"
 _NUMPY_DTYPES = frozenset(
     {torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool}
 )
@@ -47,7 +52,8 @@ HEADROOM = 2  # a slot holds twice the first snapshot: the FunASR cache grows ov
 @dataclass(frozen=True)
 class Snapshot:
     cursor: int  # ring position the state covers: replay starts here
-    tokens: list[str]
+    token_count: int  # tokens the session had produced up to `cursor`
+    last_tokens: tuple[str, ...]  # the tokens of the stride that ended at `cursor` (the last of those)
     cache: dict[str, Any]
 
 
@@ -105,8 +111,8 @@ class SnapshotStore:
             with _untracked():
                 self._shm = SharedMemory(name=segment_name(ring.name, self.generation))
 
-    def save(self, cursor: int, tokens: list[str], cache: dict[str, Any]) -> None:
-        blob = pickle.dumps((cursor, tokens, pack(cache)), protocol=pickle.HIGHEST_PROTOCOL)
+    def save(self, cursor: int, token_count: int, last_tokens: tuple[str, ...], cache: dict[str, Any]) -> None:
+        blob = pickle.dumps((cursor, token_count, tuple(last_tokens), pack(cache)), protocol=pickle.HIGHEST_PROTOCOL)
         if self._shm is None or len(blob) > self._slot_size():
             self._move_to_new_segment(blob)
             return
@@ -120,8 +126,8 @@ class SnapshotStore:
         slot = int(self._header()[2])
         offset = self._slot_offset(slot)
         length = int(np.frombuffer(self._shm.buf, dtype="<u8", count=1, offset=offset)[0])
-        cursor, tokens, cache = pickle.loads(self._shm.buf[offset + LENGTH_BYTES : offset + LENGTH_BYTES + length])
-        return Snapshot(cursor, tokens, unpack(cache))
+        cursor, count, last, cache = pickle.loads(self._shm.buf[offset + LENGTH_BYTES : offset + LENGTH_BYTES + length])
+        return Snapshot(cursor, count, last, unpack(cache))
 
     def close(self) -> None:
         if self._shm is not None:

@@ -1,7 +1,7 @@
 """The transcript event stream of a session (Server-Sent Events through sse-starlette).
 
-Events: `partial` (a stride's new tokens and the whole text so far), then one `final` (all tokens, the text, and
-why it ended) or one `error`. Ids count up from 1 per session. With `?progress=true` a subscriber also gets
+Events: `partial` (a stride's new tokens and their text: a partial's size does not grow with the session), then
+one `final` (all tokens, the whole transcript, and why it ended) or one `error`. Ids count up from 1 per session. With `?progress=true` a subscriber also gets
 `progress` events (`samples_processed`) for strides that produced no tokens; they carry no id, so that every
 subscriber sees the same gap-free id sequence and resume points mean the same for all. A resume point older than
 the retained history (`PARASTREAM_EVENT_HISTORY`) gets one id-less `gap` event saying how many events are gone. A client that reconnects with `Last-Event-ID: n`

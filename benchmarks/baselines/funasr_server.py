@@ -129,7 +129,7 @@ class Baseline:
             s.texts.append(text)
             s.tokens.extend(tokens)
             if tokens:
-                s.emit("partial", {"tokens": tokens, "text": "".join(s.texts), "samples_processed": s.processed})
+                s.emit("partial", {"tokens": tokens, "text": text, "samples_processed": s.processed})
             elif not is_final:
                 s.emit("progress", {"samples_processed": s.processed}, numbered=False)
             if is_final:

@@ -116,19 +116,30 @@ class WorkerCore:
         return self._restore(state, msg) if isinstance(msg, RestoreSession) else []
 
     def _restore(self, state: SessionState, msg: RestoreSession) -> list[FromWorker]:
-        """Take over from the last snapshot; report what the dead worker computed but never sent."""
+        """Take over from the last snapshot; report what the dead worker computed but never sent.
+
+        The worker sends each stride's result right after its snapshot, so the snapshot is at most that one stride
+        ahead of what the API process heard (`msg.tokens`); its last stride's tokens are the ones to send."""
         try:
             snapshot = state.snapshots.load()
         except Exception as exc:  # a torn or foreign segment: this session cannot be recovered
             self._drop(msg.session_id)
             return [SessionFailed(msg.session_id, f"snapshot unreadable: {type(exc).__name__}: {exc}")]
-        if snapshot is not None:
-            state.cache, state.cursor, state.tokens = snapshot.cache, snapshot.cursor, list(snapshot.tokens)
+        state.tokens = list(msg.tokens)
         state.end_pos, state.close_reason = msg.end_pos, msg.close_reason
-        if state.cursor > msg.processed_pos:
-            missed = state.tokens[msg.tokens_seen :]
-            return [StrideDone(msg.session_id, state.cursor, tuple(missed), self.model.text(state.tokens))]
-        return []
+        if snapshot is None:
+            return []
+        state.cache, state.cursor = snapshot.cache, snapshot.cursor
+        unreported = snapshot.token_count - len(msg.tokens)
+        ahead = state.cursor > msg.processed_pos
+        if not (0 <= unreported <= len(snapshot.last_tokens) and (ahead or unreported == 0)):
+            self._drop(msg.session_id)
+            return [SessionFailed(msg.session_id, "snapshot does not follow from the tokens already reported")]
+        if not ahead:
+            return []
+        missed = snapshot.last_tokens[len(snapshot.last_tokens) - unreported :]
+        state.tokens.extend(missed)
+        return [StrideDone(msg.session_id, state.cursor, tuple(missed), self.model.text(list(missed)))]
 
     def close(self, msg: CloseSession) -> list[FromWorker]:
         state = self.sessions.get(msg.session_id)
@@ -293,15 +304,17 @@ class WorkerCore:
             # Snapshot first, release second: until the snapshot covers them, a replacement needs these samples.
             # (The final step needs no snapshot: after a crash it is simply run again from the last one.)
             saved = time.perf_counter()
-            state.snapshots.save(state.cursor, state.tokens, state.cache)
+            state.snapshots.save(state.cursor, len(state.tokens), tuple(tokens), state.cache)
             snapshot_s = time.perf_counter() - saved
             state.ring.release(state.cursor)
-        text = self.model.text(state.tokens) if tokens or is_final else ""
+        # Per-stride work must not grow with the session's age: the stride's own text, and the whole transcript
+        # only once, on the final.
         msg = StrideDone(
             state.session_id,
             state.cursor,
             tuple(tokens),
-            text,
+            self.model.text(tokens) if tokens else "",
+            transcript=self.model.text(state.tokens) if is_final else "",
             final=is_final,
             reason=state.close_reason if is_final else "",
             compute_s=compute_s,
@@ -324,7 +337,8 @@ class WorkerCore:
             state.cache = self.model.new_cache(state.options)
         else:
             state.cache = snapshot.cache
-            state.cursor, state.tokens = snapshot.cursor, list(snapshot.tokens)
+            state.cursor = snapshot.cursor
+            del state.tokens[snapshot.token_count :]
 
     def _fail(self, session_id: str, exc: BaseException | None) -> FromWorker:
         """One session's failure must not take the worker down."""

@@ -220,10 +220,11 @@ def test_api_process_sigkilled_leaves_no_orphans_and_next_start_cleans(model_dir
 
 def test_stalled_subscriber_is_cut_off_and_resumes(model_dir: Path) -> None:
     """A subscriber that stops reading holds no queue: the send timeout drops it, and Last-Event-ID resumes it."""
-    # 1000 strides: each partial carries the whole text so far, ~7 MB of events in all, more than loopback's
-    # socket buffers (which autotune to megabytes) can hide.
+    # 1000 strides of partials (~200 KB of events) overrun what sits between the server and a client that reads
+    # nothing: asyncio's 64 KB write buffer, a 16 KB kernel send buffer (PARASTREAM_SEND_BUFFER_BYTES; the autotuned
+    # one would hide megabytes) and the client's 4 KB window.
     clip = synth_speechlike(600.0, seed=88)
-    settings = dict(workers=1, sse_send_timeout_s=1, ring_seconds=620, max_append_bytes=20_000_000)
+    settings = dict(workers=1, sse_send_timeout_s=1, ring_seconds=620, max_append_bytes=20_000_000, send_buffer_bytes=16384)
     with ServiceProcess(model_dir, **settings) as svc, httpx.Client(base_url=svc.base_url, timeout=60) as http:
         sid = http.post("/v1/sessions").json()["id"]
         stalled = socket.socket()
@@ -239,7 +240,7 @@ def test_stalled_subscriber_is_cut_off_and_resumes(model_dir: Path) -> None:
         while chunk := stalled.recv(65536):  # what was buffered, then the server's close
             received += chunk
         stalled.close()
-        assert b"event: final" not in received  # it was cut off before the end...
+        assert b"event: final" not in received, len(received)  # it was cut off before the end...
         ids = [int(line.split(b":")[1]) for line in received.splitlines() if line.startswith(b"id:")]
         resumed = http.get(f"/v1/sessions/{sid}/events", headers={"Last-Event-ID": str(ids[-1])}).text
         assert "event: final" in resumed  # ...and picks up where it stopped

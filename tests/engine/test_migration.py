@@ -68,7 +68,7 @@ def _stream_with_moves(
         assert here.detach(DetachSession(sid)) == [SessionDetached(sid, processed)]
         assert sid not in here.sessions
         restore = RestoreSession(
-            sid, ring.name, StreamOptions(), processed, len(tokens), end_pos, "closed" if end_pos is not None else ""
+            sid, ring.name, StreamOptions(), processed, tuple(tokens), end_pos, "closed" if end_pos is not None else ""
         )
         assert there.open(restore) == []  # the old core reported every stride it ran: nothing to catch up
         here, there = there, here
@@ -210,7 +210,7 @@ def test_engine_move_detaches_then_restores_and_is_no_crash_restore(make_engine)
     assert a.worker == 0 and a.id in sup.slots[0].sessions  # the old worker's until it says it let go
     engine._on_worker_message(0, StrideDone(a.id, 9600, ("x",), "x"))  # its last stride, then the answer
     engine._on_worker_message(0, SessionDetached(a.id, 9600))
-    assert sup.take() == [(2, RestoreSession(a.id, a.ring.name, a.options, 9600, 1, None, ""))]
+    assert sup.take() == [(2, RestoreSession(a.id, a.ring.name, a.options, 9600, ("x",), None, ""))]
     assert a.worker == 2 and a.id in sup.slots[2].sessions and a.id not in sup.slots[0].sessions
     assert (a.restores, a.migrations, a.tokens) == (0, 1, ["x"])
     assert _migrated("manual") == before + 1
@@ -230,7 +230,7 @@ def test_engine_close_and_abort_while_moving(make_engine) -> None:  # noqa: ANN0
     engine.close(a.id)  # recorded; the RestoreSession carries it
     sup.take()
     engine._on_worker_message(0, SessionDetached(a.id, 0))
-    assert sup.take() == [(1, RestoreSession(a.id, a.ring.name, a.options, 0, 0, 4000, "closed"))]
+    assert sup.take() == [(1, RestoreSession(a.id, a.ring.name, a.options, 0, (), 4000, "closed"))]
 
     engine.start_migration(b.id, 0)
     sup.take()
@@ -260,7 +260,7 @@ def test_engine_source_dying_mid_move_restores_once(make_engine) -> None:  # noq
     sup.take()
     sup.slots[0].ready = False  # lost (being respawned)
     engine._on_worker_lost(0, "killed")
-    assert sup.take() == [(1, RestoreSession(a.id, a.ring.name, a.options, 0, 0, None, ""))]
+    assert sup.take() == [(1, RestoreSession(a.id, a.ring.name, a.options, 0, (), None, ""))]
     assert a.worker == 1 and a.restores == 1 and a.migrations == 0 and not engine._migrations
     engine._on_worker_message(0, SessionDetached(a.id, 0))  # (the supervisor drops a dead generation's news anyway)
     assert sup.take() == []
@@ -277,7 +277,7 @@ def test_engine_target_lost_mid_move_falls_back_to_least_loaded(make_engine) -> 
     engine._on_worker_lost(2, "halted")
     sup.take()
     engine._on_worker_message(0, SessionDetached(a.id, 0))
-    assert sup.take() == [(1, RestoreSession(a.id, a.ring.name, a.options, 0, 0, None, ""))]
+    assert sup.take() == [(1, RestoreSession(a.id, a.ring.name, a.options, 0, (), None, ""))]
     assert a.worker == 1 and a.restores == 0 and a.migrations == 1
 
 

@@ -79,3 +79,55 @@ def test_abort_drops_cache_and_missing_ring_fails_alone(core: WorkerCore, rings)
     replies = core.open(OpenSession("b", "parastream_1_deadbeef", StreamOptions()))
     assert len(replies) == 1 and isinstance(replies[0], SessionFailed)
     assert core.sessions == {}
+
+
+def _stride_then_die(core: WorkerCore, ring, sid: str, strides: int) -> tuple[list[str], int, tuple[str, ...]]:  # noqa: ANN001
+    """Run `strides` strides; the last one's result is 'lost' (its worker died between snapshot and send).
+    Returns the tokens heard, the position heard up to, and the lost stride's tokens."""
+    heard: list[str] = []
+    processed, lost = 0, ()
+    for i in range(strides):
+        (msg,) = core.run_once()
+        assert isinstance(msg, StrideDone) and msg.text == core.model.text(list(msg.tokens))  # the stride's own text
+        if i == strides - 1:
+            lost = msg.tokens
+        else:
+            heard.extend(msg.tokens)
+            processed = msg.processed_pos
+    core.abort(AbortSession(sid))  # the dead worker's handles (abort does not unlink: the API process owns them)
+    return heard, processed, lost
+
+
+def test_restore_sends_the_stride_the_dead_worker_never_reported(core: WorkerCore, rings, tiny_model_dir: Path) -> None:  # noqa: ANN001
+    from engine.messages import RestoreSession
+
+    clip = synth_speechlike(4.0, seed=31)  # 6 strides and a remainder
+    ring = rings()
+    ring.write(clip.tobytes())
+    core.open(OpenSession("r", ring.name, StreamOptions()))
+    heard, processed, lost = _stride_then_die(core, ring, "r", strides=4)
+    assert lost, "pick a clip whose 4th stride has tokens"
+    replacement = WorkerCore(core.model)
+    (missed,) = replacement.open(RestoreSession("r", ring.name, StreamOptions(), processed, tuple(heard)))
+    assert isinstance(missed, StrideDone) and missed.tokens == lost and missed.processed_pos == 4 * 9600
+    replacement.close(CloseSession("r", ring.write_pos))
+    tokens = heard + list(lost)
+    while replacement.sessions:
+        for msg in replacement.run_once():
+            tokens.extend(msg.tokens)
+            final = msg
+    want = reference_tokens(tiny_model_dir, clip)
+    assert tokens == want
+    assert final.final and final.transcript == core.model.text(want)  # the whole text, once, on the final
+
+
+def test_restore_refuses_a_snapshot_that_does_not_follow_what_was_heard(core: WorkerCore, rings) -> None:  # noqa: ANN001
+    from engine.messages import RestoreSession
+
+    ring = rings()
+    ring.write(synth_speechlike(4.0, seed=31).tobytes())
+    core.open(OpenSession("x", ring.name, StreamOptions()))
+    heard, processed, _ = _stride_then_die(core, ring, "x", strides=4)
+    # The API process claims to have heard less than the snapshot can make up for: failing beats a wrong transcript.
+    replies = WorkerCore(core.model).open(RestoreSession("x", ring.name, StreamOptions(), processed, tuple(heard[:-1])))
+    assert len(replies) == 1 and isinstance(replies[0], SessionFailed) and "does not follow" in replies[0].message
