@@ -286,6 +286,7 @@ def profile_batches(
     flop_strides: int = DEFAULT_FLOP_STRIDES,
     matmul_sizes: tuple[int, ...] | list[int] | None = None,
     matmul_reps: int | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Measure batch times, splits, top ops and GFLOP/s of ``model_dir``; returns a JSON-serialisable dict."""
     import torch
@@ -293,6 +294,7 @@ def profile_batches(
     from benchmarks import bound
     from engine.funasr_adapter import StreamingModel
     from engine.messages import StreamOptions
+    from engine.precision import set_precision
 
     warmup = bound.DEFAULT_WARMUP if warmup is None else warmup
     sizes = list(matmul_sizes or bound.DEFAULT_MATMUL_SIZES)
@@ -311,12 +313,17 @@ def profile_batches(
         raise RuntimeError(f"this model cannot be batched: {sm.batching_unsupported}")
     opts = StreamOptions()
     model = sm.model
+    params = sum(p.numel() for p in model.parameters())
+    weights_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     parts = _install(sm)
     by_threads: dict[str, Any] = {}
     try:
         torch.set_num_threads(threads[0])
+        # FLOPs are counted in fp32 (the profiler counts no quantised matmul), then the precision is applied: an
+        # int8 row's GFLOP/s is the fp32 work it stands for, per second.
         flops = _count_flops(sm, opts, parts, warmup, flop_strides)
         per_session = flops["per_session_stride"]
+        set_precision(model, precision)
         for t in threads:
             torch.set_num_threads(t)
             rows, prof = [], None
@@ -348,12 +355,13 @@ def profile_batches(
         "model": {
             "name": Path(model_dir).name,
             "dir": str(model_dir),
-            "params": sum(p.numel() for p in model.parameters()),
-            "weights_mib": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
+            "params": params,
+            "weights_mib": weights_mib,
             "load_s": load_s,
         },
         "settings": {
             "threads": threads,
+            "precision": precision,
             "batch_sizes": batch_sizes,
             "strides": strides,
             "warmup_strides": warmup,
@@ -462,6 +470,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"# Batch profile `{r['name']}`",
         "",
+        f"- Precision: {s.get('precision', 'fp32')} (`PARASTREAM_PRECISION`).",
         f"- Model: `{r['model']['name']}` ({r['model']['params'] / 1e6:.1f} M params, "
         f"{r['model']['weights_mib']:.0f} MiB of weights), in-process, no server.",
         f"- Each batch size: B sessions on distinct synthetic clips, {s['warmup_strides']} warm-up strides (encoder "
@@ -572,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
                              "1 with --quick; 0: no profile)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the result files")
     parser.add_argument("--name", help="result file stem (default: batch-profile-<model>[-quick])")
+    parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="as PARASTREAM_PRECISION")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny-random, 1 thread, B = 1, 2, 4, 2 strides, small matmul peak")
     args = parser.parse_args(argv)
@@ -590,9 +600,11 @@ def main(argv: list[str] | None = None) -> int:
         flop_strides=1 if args.quick else DEFAULT_FLOP_STRIDES,
         matmul_sizes=QUICK_MATMUL_SIZES if args.quick else None,
         matmul_reps=2 if args.quick else None,
+        precision=args.precision,
     )
     result["settings"]["mode"] = "quick" if args.quick else "full"
-    name = args.name or f"batch-profile-{Path(model_dir).name.removesuffix('-seed0')}{'-quick' if args.quick else ''}"
+    suffix = ("" if args.precision == "fp32" else f"-{args.precision}") + ("-quick" if args.quick else "")
+    name = args.name or f"batch-profile-{Path(model_dir).name.removesuffix('-seed0')}{suffix}"
     for path in write(result, args.out, name):
         print(f"wrote {path}")
     return 0

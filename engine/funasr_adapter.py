@@ -29,6 +29,7 @@ from funasr.utils import postprocess_utils
 from funasr.utils.load_utils import extract_fbank
 
 from engine import position_encoding
+from engine.precision import set_precision
 from engine.batched_step import BatchedParaformer, BatchItem, supports_batching
 from engine.messages import StreamOptions
 
@@ -277,12 +278,14 @@ class StreamingModel:
       without audio: the random-weight models do (2-3 tokens); FunASR's own loop does the same.
     """
 
-    def __init__(self, automodel: Any) -> None:
+    def __init__(self, automodel: Any, precision: str = "fp32") -> None:
         self.automodel = automodel
         self.model: torch.nn.Module = automodel.model
         # FunASR's streaming position encoding recomputes every position since the session began, on every
         # stride; ours computes the stride's own, bit-identically (engine/position_encoding.py says why).
         position_encoding.install(self.model)
+        self.precision = precision
+        set_precision(self.model, precision)
         # FunASR keeps a pristine snapshot of its kwargs before any generate() call merged a cache or
         # is_final into them; prefer it over the live dict.
         base = getattr(automodel, "_base_kwargs_map", {}).get("kwargs") or automodel.kwargs
@@ -301,8 +304,8 @@ class StreamingModel:
         self._batched = None if self.batching_unsupported else BatchedParaformer(self.model, self.tokenizer)
 
     @classmethod
-    def load(cls, spec: str, device: str = "cpu", ncpu: int = 1) -> StreamingModel:
-        return cls(load_automodel(spec, device=device, ncpu=ncpu))
+    def load(cls, spec: str, device: str = "cpu", ncpu: int = 1, precision: str = "fp32") -> StreamingModel:
+        return cls(load_automodel(spec, device=device, ncpu=ncpu), precision)
 
     @property
     def device(self) -> str:

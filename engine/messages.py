@@ -229,3 +229,4 @@ class HostConfig:
     authkey: bytes = field(repr=False)
     max_batch: int = 1
     batch_wait_s: float = 0.0
+    precision: str = "fp32"

@@ -83,7 +83,7 @@ def _load(config: HostConfig) -> object:
     from engine.funasr_adapter import StreamingModel
 
     torch.set_num_threads(1)  # no OpenMP pool may be running when we fork
-    model = StreamingModel.load(config.model, device="cpu", ncpu=1)
+    model = StreamingModel.load(config.model, device="cpu", ncpu=1, precision=config.precision)
     _malloc_trim()
     gc.collect()
     gc.freeze()  # keep the collector from touching (and so copying) inherited objects in every child

@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     device: Literal["cpu", "cuda"] = Field("cpu", description="cpu: a worker per core; cuda: a worker per GPU.")
     workers: int = Field(0, ge=0, description="Worker processes; 0 means one per core (cpu) or one per GPU (cuda).")
     worker_threads: int = Field(1, ge=1, description="Torch threads per worker (each worker is pinned to a core).")
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description=(
+            "fp32: FunASR's numbers (served tokens equal its loop). int8: per-channel int8 matmuls, cheaper, CPU only; "
+            "what it costs in accuracy is in benchmarks/results/accuracy-digits.md (engine/precision.py says how)."
+        ),
+    )
 
     # --- HTTP ---
     host: str = "127.0.0.1"

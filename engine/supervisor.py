@@ -136,6 +136,8 @@ class Supervisor:
         if s.device == "cuda":
             if not gpu_count:
                 raise EngineBootError("PARASTREAM_DEVICE=cuda but no CUDA device is visible; use PARASTREAM_DEVICE=cpu")
+            if s.precision != "fp32":
+                raise EngineBootError("PARASTREAM_PRECISION=int8 runs on CPU only; use fp32 with PARASTREAM_DEVICE=cuda")
             return [WorkerSlot(i, (), f"cuda:{i % gpu_count}") for i in range(s.resolved_workers(gpu_count))]
         cpus = sorted(os.sched_getaffinity(0))
         # Each worker gets `worker_threads` cores of its own (wrapping round when there are more threads than cores):
@@ -151,7 +153,14 @@ class Supervisor:
         parent, child = ctx.Pipe()
         s = self.settings
         config = HostConfig(
-            s.model, s.device, s.worker_threads, self._address, self._authkey, s.max_batch, s.batch_wait_ms / 1000
+            s.model,
+            s.device,
+            s.worker_threads,
+            self._address,
+            self._authkey,
+            s.max_batch,
+            s.batch_wait_ms / 1000,
+            s.precision,
         )
         self._host = ctx.Process(target=host_main, args=(child, config), name="parastream-model-host", daemon=True)
         self._host.start()

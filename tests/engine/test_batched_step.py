@@ -47,6 +47,13 @@ def model(model_dir: Path) -> StreamingModel:
 
 
 @pytest.fixture(scope="module")
+def int8_model(model_dir: Path) -> StreamingModel:
+    """PARASTREAM_PRECISION=int8: its activations are quantised per row, so batching must not change its numbers
+    beyond the fp32 tolerance either (engine/precision.py says why)."""
+    return StreamingModel.load(str(model_dir), precision="int8")
+
+
+@pytest.fixture(scope="module")
 def sparse_model(model_dir: Path) -> StreamingModel:
     """The same model with its CIF predictor's firing damped (output bias -2.5), so that many strides emit no token,
     as silence does with real weights: random weights fire on every stride, which would leave the decoder-skip path
@@ -94,13 +101,13 @@ def test_the_real_architecture_is_batchable(model: StreamingModel) -> None:
     assert model.batching_unsupported is None
 
 
-@pytest.mark.parametrize("firing", ["dense", "sparse"])
+@pytest.mark.parametrize("firing", ["dense", "sparse", "int8"])
 def test_batched_strides_equal_unbatched_for_sessions_of_different_ages(
-    firing: str, model: StreamingModel, sparse_model: StreamingModel
+    firing: str, model: StreamingModel, sparse_model: StreamingModel, int8_model: StreamingModel
 ) -> None:
     """Staggered starts put sessions of every age in one batch (key/value caches of 0..40 frames, decoder caches
     absent or present), with zero-token strides (sparse), finals, tail chunks and sessions ending mid-run mixed in."""
-    model = sparse_model if firing == "sparse" else model
+    model = {"sparse": sparse_model, "int8": int8_model}.get(firing, model)
     clips = [clip(n, seed=70 + i) for i, n in enumerate(LENGTHS)]
     expected = [unbatched(model, c) for c in clips]
     plans = [plan(len(c)) for c in clips]
