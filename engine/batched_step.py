@@ -220,7 +220,7 @@ class BatchedParaformer:
             key_mask = torch.cat(
                 (_mask_lengths(old_lengths, k_old.shape[2], x.device, left_pad=True), cur_mask), dim=1
             )
-            new = [self._next_kv(o, k_h[i : i + 1], v_h[i : i + 1], lengths[i], opts) for i, o in enumerate(old)]
+            new = self._next_kv(keys, values, old_lengths, lengths, opts)
         else:
             keys, values, key_mask = k_h, v_h, cur_mask
         fsmn_memory = attn.forward_fsmn(v, cur_mask[:, None, :])
@@ -240,22 +240,34 @@ class BatchedParaformer:
 
     @staticmethod
     def _next_kv(
-        old: dict[str, torch.Tensor] | None, k_h: torch.Tensor, v_h: torch.Tensor, length: int, opts: StreamOptions
-    ) -> dict[str, torch.Tensor]:
-        """The session's next key/value cache, as `MultiHeadedAttentionSANM.forward_chunk` builds it.
+        keys: torch.Tensor, values: torch.Tensor, old_lengths: list[int], lengths: list[int], opts: StreamOptions
+    ) -> list[dict[str, torch.Tensor] | None]:
+        """Each session's next key/value cache, as `MultiHeadedAttentionSANM.forward_chunk` builds it, cut from the
+        batch's keys and values (each row: left padding, the session's cache, its chunk, right padding).
 
         FunASR keeps the chunk's frames minus the look-ahead (`k_h[:, :, :-right]`, which is empty when right is 0 or
-        the chunk is no longer than the look-ahead) and, once a cache exists, the last `look_back * stride` frames."""
-        left, stride, right = opts.chunk_size
-        kept = max(length - right, 0) if right > 0 else 0
-        k_new, v_new = k_h[:, :, :kept], v_h[:, :, :kept]
-        if old is None:
-            return {"k": k_new.clone(), "v": v_new.clone()}
-        k, v = torch.cat((old["k"], k_new), dim=2), torch.cat((old["v"], v_new), dim=2)
+        the chunk is no longer than the look-ahead) after the old cache and, once a cache exists, only the last
+        `look_back * stride` frames. Those frames sit side by side in the batch's row, so the cache is a view of it:
+        the same numbers, without a per-session `cat` and copy per layer (they were the batched encoder's largest
+        cost outside the matmuls). A view keeps the batch's tensor alive until every session in it has moved on:
+        about 1.4x the caches' own size, for one stride."""
+        _, stride, right = opts.chunk_size
         look_back = opts.encoder_chunk_look_back
-        if look_back != -1:
-            k, v = k[:, :, -(look_back * stride) :], v[:, :, -(look_back * stride) :]
-        return {"k": k, "v": v}
+        padded = keys.shape[2] - max(lengths)  # = the longest old cache
+        spans = []
+        for old, length in zip(old_lengths, lengths):
+            kept = max(length - right, 0) if right > 0 else 0
+            start, end = padded - old, padded + kept
+            if look_back != -1:  # (FunASR trims only an existing cache; a first one, kept <= stride, needs no trim)
+                start = max(start, end - look_back * stride)
+            spans.append((start, end))
+        if len(set(spans)) == 1:  # the steady state: one slice, split into the sessions' views in one call
+            start, end = spans[0]
+            ks, vs = keys[:, :, start:end].split(1), values[:, :, start:end].split(1)
+            return [{"k": k, "v": v} for k, v in zip(ks, vs)]
+        return [
+            {"k": keys[i : i + 1, :, start:end], "v": values[i : i + 1, :, start:end]} for i, (start, end) in enumerate(spans)
+        ]
 
     # ------------------------------------------------------------------------------------------------ decoder
 
