@@ -12,10 +12,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from app.client import ParastreamClient
+from benchmarks.accuracy import transcribe_all
 from engine.training import synth
 from engine.training.cer import cer
 from tests.harness import CLEAN_EXIT, ServiceProcess
@@ -38,34 +37,11 @@ def _held_out() -> list[synth.ClipSpec]:
     return synth.read_specs(DIGITS_MODEL / "eval.jsonl")
 
 
-async def _transcribe_all(base_url: str, clips: list[np.ndarray]) -> list[str]:
-    limit = asyncio.Semaphore(CONCURRENT)
-
-    async def one(client: ParastreamClient, pcm: np.ndarray) -> str:
-        async with limit:
-            session = await client.create_session()
-            events = asyncio.create_task(_final(client, session["id"]))
-            for start in range(0, len(pcm), 16000):  # 1 s appends, as fast as the service takes them
-                await client.append(session["id"], pcm[start : start + 16000])
-            await client.close(session["id"])
-            return await asyncio.wait_for(events, 60)
-
-    async def _final(client: ParastreamClient, session_id: str) -> str:
-        last = None
-        async for event in client.events(session_id):
-            last = event
-        assert last is not None and last.type == "final", last
-        return "".join(last.data["tokens"])
-
-    async with ParastreamClient(base_url) as client:
-        return list(await asyncio.gather(*(one(client, pcm) for pcm in clips)))
-
-
 def test_streaming_cer_through_the_rest_api_meets_the_bar(digits_service: ServiceProcess) -> None:
     assert synth.espeak_available(), "espeak-ng is missing: `make system-deps` installs it"
     specs = _held_out()
     assert len(specs) >= 400
-    heard = asyncio.run(_transcribe_all(digits_service.base_url, [synth.synthesize(s) for s in specs]))
+    heard = asyncio.run(transcribe_all(digits_service.base_url, [synth.synthesize(s) for s in specs], concurrency=CONCURRENT))
     served = cer((s.text, h) for s, h in zip(specs, heard))
     recorded = json.loads((DIGITS_MODEL / "training.json").read_text())["eval"]["streaming_cer_funasr_loop"]
     print(f"served streaming CER {served:.2%} over {len(specs)} held-out clips (FunASR's loop at training: {recorded:.2%})")
