@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import numpy as np
@@ -59,11 +60,13 @@ async def _watch(client: ParastreamClient, sid: str, arrivals: list[tuple[float,
             result.errors.append(f"error event: {event.data}")
 
 
-async def run_stream(client: ParastreamClient, index: int, pcm: np.ndarray, start_delay: float) -> StreamResult:
+async def run_stream(
+    client: ParastreamClient, index: int, pcm: np.ndarray, start_delay: float, options: dict[str, Any] | None = None
+) -> StreamResult:
     result = StreamResult(index, len(pcm))
     await asyncio.sleep(start_delay)
     try:
-        sid = (await client.create_session())["id"]
+        sid = (await client.create_session(**(options or {})))["id"]
     except httpx.HTTPError as exc:
         result.errors.append(f"create: {exc!r}")
         return result
@@ -116,13 +119,14 @@ def _stride_timings(result: StreamResult, stride_sent: dict[int, float], arrival
         result.behind_strides = max(result.behind_strides, sent_by_then - (k + 1))
 
 
-async def run_trial(base_url: str, clips: list[np.ndarray]) -> list[StreamResult]:
-    """All clients at once, staggered over one stride period; one shared connection pool."""
+async def run_trial(base_url: str, clips: list[np.ndarray], options: dict[str, Any] | None = None) -> list[StreamResult]:
+    """All clients at once, staggered over one stride period; one shared connection pool. `options`: what each
+    session is created with."""
     n = len(clips)
     async with ParastreamClient(base_url, timeout=120, max_connections=2 * n + 10) as client:
         return list(
             await asyncio.gather(
-                *(run_stream(client, i, clip, start_delay=0.6 * i / n) for i, clip in enumerate(clips))
+                *(run_stream(client, i, clip, start_delay=0.6 * i / n, options=options) for i, clip in enumerate(clips))
             )
         )
 

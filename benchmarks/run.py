@@ -104,7 +104,7 @@ def bench_system(spec: SystemSpec, config: RunConfig, clips: list[np.ndarray], r
             before = server_metrics.scrape(system.base_url)
             cpu_before = resource.getrusage(resource.RUSAGE_SELF)
             with ResourceSampler(system.proc.pid) as sampler:
-                results = asyncio.run(run_trial(system.base_url, trial_clips))
+                results = asyncio.run(run_trial(system.base_url, trial_clips, spec.session_options))
             cpu_after = resource.getrusage(resource.RUSAGE_SELF)
             summary = summarize_trial(n, results, refs, config.latency_limit_ms)
             summary["resources"] = sampler.summary()
@@ -124,7 +124,7 @@ def bench_system(spec: SystemSpec, config: RunConfig, clips: list[np.ndarray], r
         # Light load, measured apart from the search: does batching cost a lone stream anything? (It must not.)
         for _ in range(config.light_load_trials - 1):
             bar.set_description(f"{spec.name} light load")
-            results = asyncio.run(run_trial(system.base_url, clips[:1]))
+            results = asyncio.run(run_trial(system.base_url, clips[:1], spec.session_options))
             light.extend(ms for r in results for ms in r.partial_ms)
     passing = [t["streams"] for t in trials if t["passed"]]
     return {
@@ -146,12 +146,14 @@ def run_benchmark(config: RunConfig) -> dict[str, Any]:
 
     specs = [s for s in all_systems(config.model_dir) if config.systems is None or s.name in config.systems]
     clips = make_clips(config)
-    log.info("computing in-process references for %d clips", len(clips))
-    refs = reference_tokens(config.model_dir, clips)
+    refs: dict[tuple[str, tuple[int, int]], list[list[str]]] = {}
+    for key in dict.fromkeys((s.precision, s.look_back) for s in specs):
+        log.info("computing in-process references for %d clips (%s, look-back %s)", len(clips), *key)
+        refs[key] = reference_tokens(config.model_dir, clips, *key)
     systems = []
     with tqdm(unit="trial", dynamic_ncols=True) as bar:
         for spec in specs:
-            systems.append(bench_system(spec, config, clips, refs, bar))
+            systems.append(bench_system(spec, config, clips, refs[(spec.precision, spec.look_back)], bar))
     bar_bound = measure_bound(config.model_dir, strides=config.bound_strides, threads=config.bound_threads)
     return {
         "config": {

@@ -34,6 +34,16 @@ class SystemSpec:
     description: str
     argv: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
+    # What its transcripts are checked against: FunASR's loop at this precision and (encoder, decoder) look-back,
+    # which every session of the trial asks for.
+    precision: str = "fp32"
+    look_back: tuple[int, int] = (4, 1)
+
+    @property
+    def session_options(self) -> dict[str, int]:
+        if self.look_back == (4, 1):
+            return {}  # the API's defaults: baselines that take no options see the same request
+        return {"encoder_chunk_look_back": self.look_back[0], "decoder_chunk_look_back": self.look_back[1]}
 
 
 def all_systems(model_dir: Path) -> list[SystemSpec]:
@@ -51,6 +61,15 @@ def all_systems(model_dir: Path) -> list[SystemSpec]:
         SystemSpec(
             f"parastream-{cores}w-unbatched", f"Parastream, {cores} workers (one per core), batching off", serve,
             {**limits, "PARASTREAM_WORKERS": str(cores), **unbatched},
+        ),
+        SystemSpec(
+            f"parastream-{cores}w-int8", f"Parastream, {cores} workers, batched, int8, look-back 4/1", serve,
+            {**limits, "PARASTREAM_WORKERS": str(cores), "PARASTREAM_PRECISION": "int8"}, precision="int8",
+        ),
+        SystemSpec(
+            f"parastream-{cores}w-int8-lb0", f"Parastream, {cores} workers, batched, int8, look-back 0/0", serve,
+            {**limits, "PARASTREAM_WORKERS": str(cores), "PARASTREAM_PRECISION": "int8"}, precision="int8",
+            look_back=(0, 0),
         ),
         SystemSpec("funasr-threads", "FunASR server design: shared AutoModel, 4 generate() threads",
                    (*baseline, "--mode", "threads", "--threads", "4")),
