@@ -1,4 +1,4 @@
-"""`parastream` command line: serve, make-model, demo.
+"""`parastream` command line: serve, make-model, build, demo.
 
 `make-model` needs torch and funasr, so it imports them only when run; `serve` never does in this process.
 """
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--model", help="model dir or name (default: the committed models/digits)")
     demo.add_argument("--speed", type=float, default=1.0, help="pace relative to real time (1.0 = real time)")
 
+    build = sub.add_parser("build", help="build the optimised encoder for PARASTREAM_BACKEND=onnx (else at first start)")
+    build.add_argument("model", help="model dir or name")
+
     bench = sub.add_parser("bench", help="benchmarks (same as python -m benchmarks ...)", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
 
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "make-model":
         return _make_model(args.kind, args.dir, args.seed)
+    if args.command == "build":
+        return _build(args.model)
     if args.command == "serve":
         overrides = {k: v for k, v in vars(args).items() if k in ("host", "port", "model", "workers") and v is not None}
         return asyncio.run(_serve(overrides))
@@ -60,6 +65,17 @@ def _make_model(kind: str, out: Path, seed: int) -> int:
 
     path = build_random_model(kind, out, seed=seed)
     print(f"built {kind} (seed {seed}) in {path}")
+    return 0
+
+
+def _build(model: str) -> int:
+    import time
+
+    from engine.funasr_adapter import StreamingModel
+
+    started = time.perf_counter()
+    streaming = StreamingModel.load(model, backend="onnx")
+    print(f"encoder artefact {streaming.encoder_artefact} ready in {time.perf_counter() - started:.1f} s")
     return 0
 
 

@@ -1,8 +1,10 @@
 """The systems under test, each started as its own server process behind the same HTTP/SSE API.
 
-- `parastream-1w`: Parastream with one worker, batching across sessions (the default).
+- `parastream-1w`: Parastream with one worker, batching across sessions (the defaults: fp32, encoder on ONNX Runtime).
 - `parastream-Nw`: Parastream with one worker per core, batching.
-- `parastream-Nw-unbatched`: the same with `PARASTREAM_MAX_BATCH=1` (one session per forward pass).
+- `parastream-Nw-torch`: the same with the encoder on PyTorch eager (`PARASTREAM_BACKEND=torch`, the reference).
+- `parastream-Nw-int8`, `parastream-Nw-int8-lb0`: `PARASTREAM_PRECISION=int8`, sessions at look-back 4/1 and 0/0.
+- `parastream-Nw-unbatched`: the defaults with `PARASTREAM_MAX_BATCH=1` (one session per forward pass).
 - `funasr-threads`: FunASR's Python-server design, one shared AutoModel, generate() from a 4-thread pool.
 - `sequential`: one model, one stride at a time on the event loop (the simplest correct server).
 """
@@ -57,6 +59,10 @@ def all_systems(model_dir: Path) -> list[SystemSpec]:
         SystemSpec(
             f"parastream-{cores}w", f"Parastream, {cores} workers (one per core), batched", serve,
             {**limits, "PARASTREAM_WORKERS": str(cores)},
+        ),
+        SystemSpec(
+            f"parastream-{cores}w-torch", f"Parastream, {cores} workers, batched, encoder on PyTorch eager", serve,
+            {**limits, "PARASTREAM_WORKERS": str(cores), "PARASTREAM_BACKEND": "torch"},
         ),
         SystemSpec(
             f"parastream-{cores}w-unbatched", f"Parastream, {cores} workers (one per core), batching off", serve,

@@ -27,6 +27,11 @@ What blocks naive stacking, and what is done about it here:
 * **The tail chunk** (a final remainder under 60 ms, or an exact multiple of the stride) takes FunASR's own path per
   session: the cached look-ahead features, scaled in place, replace the input.
 
+* **The encoder on another runtime** (`PARASTREAM_BACKEND=onnx`): the layers run as one exported graph
+  (`engine.onnx_encoder`), so per-session caches go in stacked and left-padded, and each session's next cache is cut
+  from the keys and values that come out, by the same `_next_kv` as the eager path. Everything around the layers
+  (input embedding, predictor, decoder) stays eager.
+
 Output equals the unbatched path up to float rounding: padded keys get exactly zero weight, but matrix products over a
 different number of rows or keys may round differently in the last bit. Tests compare logits with a tolerance and
 tokens exactly where the top-2 logit margin is not a near-tie (`tests/engine/test_batched_step.py`).
@@ -34,6 +39,7 @@ tokens exactly where the top-2 logit margin is not a near-tie (`tests/engine/tes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +47,12 @@ import torch
 
 from engine.messages import StreamOptions
 
-__all__ = ["BatchItem", "BatchedParaformer", "supports_batching"]
+__all__ = ["BatchItem", "BatchedParaformer", "EncoderRuntime", "supports_batching"]
+
+# (x, cur_mask, k_old, v_old, old_mask) -> (out, keys, values): `engine.onnx_encoder.EncoderStack`'s signature.
+EncoderRuntime = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+]
 
 
 @dataclass
@@ -98,7 +109,7 @@ def _stack_left_padded(parts: list[torch.Tensor | None], dim: int, like: torch.T
 class BatchedParaformer:
     """Runs one stride of many sessions of a `ParaformerStreaming` model as one batch."""
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any, encoder_runtime: EncoderRuntime | None = None) -> None:
         why = supports_batching(model)
         if why:
             raise ValueError(f"cannot batch this model: {why}")
@@ -107,6 +118,8 @@ class BatchedParaformer:
         self.decoder = model.decoder
         self.predictor = model.predictor
         self.tokenizer = tokenizer
+        # Runs the encoder's layers instead of PyTorch eager (`engine.onnx_encoder`); None: eager, the reference.
+        self.encoder_runtime = encoder_runtime
 
     # ------------------------------------------------------------------------------------------------ public
 
@@ -182,6 +195,8 @@ class BatchedParaformer:
         layers = list(enc.encoders0) + list(enc.encoders)
         look_back = opts.encoder_chunk_look_back
         keep_cache = look_back > 0 or look_back == -1
+        if self.encoder_runtime is not None:
+            return self._encode_with_runtime(x, cur_mask, lengths, caches, len(layers), opts, keep_cache), lengths
         old = [c["opt"] for c in caches]
         new: list[list[dict[str, torch.Tensor] | None]] = [[None] * len(layers) for _ in caches]
         for index, layer in enumerate(layers):
@@ -195,6 +210,38 @@ class BatchedParaformer:
             for cache, entries in zip(caches, new):
                 cache["opt"] = entries
         return x, lengths
+
+    def _encode_with_runtime(
+        self,
+        x: torch.Tensor,
+        cur_mask: torch.Tensor,
+        lengths: list[int],
+        caches: list[dict[str, Any]],
+        n_layers: int,
+        opts: StreamOptions,
+        keep_cache: bool,
+    ) -> torch.Tensor:
+        """The same layers on `encoder_runtime`: every session's per-layer cache goes in stacked (layers, B, heads,
+        L, d_k), left-padded, and each session's next cache is cut from the keys and values that come out, as
+        `_next_kv` does for the eager path."""
+        old = [c["opt"] if keep_cache else None for c in caches]
+        old_lengths = [0 if o is None else int(o[0]["k"].shape[2]) for o in old]
+        longest = max(old_lengths)
+        sample = self.encoder.encoders0[0].self_attn
+        shape = (n_layers, len(caches), sample.h, longest, sample.d_k)
+        k_old, v_old = x.new_zeros(shape), x.new_zeros(shape)
+        for i, (entries, n) in enumerate(zip(old, old_lengths)):
+            if n:
+                k_old[:, i, :, longest - n :] = torch.stack([e["k"][0] for e in entries])  # type: ignore[union-attr]
+                v_old[:, i, :, longest - n :] = torch.stack([e["v"][0] for e in entries])  # type: ignore[union-attr]
+        old_mask = _mask_lengths(old_lengths, longest, x.device, left_pad=True)
+        assert self.encoder_runtime is not None
+        out, keys, values = self.encoder_runtime(x, cur_mask, k_old, v_old, old_mask)
+        if keep_cache:
+            per_layer = [self._next_kv(keys[layer], values[layer], old_lengths, lengths, opts) for layer in range(n_layers)]
+            for i, cache in enumerate(caches):
+                cache["opt"] = [per_layer[layer][i] for layer in range(n_layers)]
+        return out.to(x.device)
 
     def _encoder_layer(
         self,

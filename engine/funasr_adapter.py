@@ -278,7 +278,7 @@ class StreamingModel:
       without audio: the random-weight models do (2-3 tokens); FunASR's own loop does the same.
     """
 
-    def __init__(self, automodel: Any, precision: str = "fp32") -> None:
+    def __init__(self, automodel: Any, precision: str = "fp32", backend: str = "torch", threads: int = 1) -> None:
         self.automodel = automodel
         self.model: torch.nn.Module = automodel.model
         # FunASR's streaming position encoding recomputes every position since the session began, on every
@@ -301,11 +301,33 @@ class StreamingModel:
         self._kwargs["device"] = self._device
         # Why batching may be unavailable (another architecture): then step_batch runs sessions one by one.
         self.batching_unsupported: str | None = supports_batching(self.model)
-        self._batched = None if self.batching_unsupported else BatchedParaformer(self.model, self.tokenizer)
+        self.backend = backend
+        self.encoder_artefact: Path | None = None
+        runtime = self._encoder_runtime(automodel, backend, precision, threads)
+        self._batched = None if self.batching_unsupported else BatchedParaformer(self.model, self.tokenizer, runtime)
 
     @classmethod
-    def load(cls, spec: str, device: str = "cpu", ncpu: int = 1, precision: str = "fp32") -> StreamingModel:
-        return cls(load_automodel(spec, device=device, ncpu=ncpu), precision)
+    def load(
+        cls, spec: str, device: str = "cpu", ncpu: int = 1, precision: str = "fp32", backend: str = "torch", threads: int = 1
+    ) -> StreamingModel:
+        return cls(load_automodel(spec, device=device, ncpu=ncpu), precision, backend, threads)
+
+    def _encoder_runtime(self, automodel: Any, backend: str, precision: str, threads: int) -> Any:
+        """None for PyTorch eager (`torch`, the reference); for `onnx`, the exported encoder's session
+        (`engine.onnx_encoder`: built once per model content, reused after)."""
+        if backend == "torch":
+            return None
+        if backend != "onnx":
+            raise ValueError(f"backend must be torch or onnx, not {backend!r}")
+        if self.batching_unsupported:
+            raise ModelLoadError(f"PARASTREAM_BACKEND=onnx needs the batched path: {self.batching_unsupported}")
+        if precision != "fp32":
+            raise ModelLoadError("PARASTREAM_BACKEND=onnx runs fp32; int8 runs on PARASTREAM_BACKEND=torch (or auto)")
+        from engine.onnx_encoder import OnnxEncoder, artefact
+
+        runtime = OnnxEncoder(artefact(self.model.encoder, Path(automodel.kwargs["model_path"])), threads)
+        self.encoder_artefact = runtime.path
+        return runtime
 
     @property
     def device(self) -> str:
@@ -344,6 +366,8 @@ class StreamingModel:
         final, ``0 <= len < opts.stride_samples`` when final (``None`` means empty). After the final step
         the cache is reset, as FunASR does. See the class docstring for the stride contract.
         """
+        if self.backend != "torch":  # a lone session runs on the optimised encoder too, as a batch of one
+            return self.step_batch([(cache, samples, is_final, opts)])[0]
         audio = self._check_samples(samples, is_final, opts)
         kwargs = self._call_kwargs(opts, is_final)
         # no_grad, as AutoModel.inference uses. (inference_mode would turn the cache's tensors into
@@ -385,8 +409,9 @@ class StreamingModel:
         Each request is what :meth:`step` takes, under the same stride contract; the result is each session's
         tokens, in order. Features are extracted per session (cheap, and the frontend's cache is per session), the
         encoder, predictor and decoder run batched (`engine.batched_step`), and each cache ends exactly as
-        :meth:`step` would leave it, so a session may alternate between the two. A group of one runs :meth:`step`
-        itself: at light load the path is FunASR's own, bit for bit. `logits_out` (tests): per request, its
+        :meth:`step` would leave it, so a session may alternate between the two. On the torch backend a group of one
+        runs :meth:`step` itself: at light load the path is FunASR's own, bit for bit (on the onnx backend every
+        stride takes the optimised encoder, within the batching tolerance). `logits_out` (tests): per request, its
         log-probabilities or None.
         """
         results: list[list[str]] = [[] for _ in requests]
@@ -396,7 +421,7 @@ class StreamingModel:
         for index, (_, _, _, opts) in enumerate(requests):
             groups.setdefault(opts, []).append(index)
         for opts, indices in groups.items():
-            if len(indices) == 1 and logits_out is None or self._batched is None:
+            if len(indices) == 1 and logits_out is None and self.backend == "torch" or self._batched is None:
                 for i in indices:
                     cache, samples, is_final, _ = requests[i]
                     results[i] = self.step(cache, samples, is_final, opts)

@@ -230,3 +230,4 @@ class HostConfig:
     max_batch: int = 1
     batch_wait_s: float = 0.0
     precision: str = "fp32"
+    backend: str = "torch"

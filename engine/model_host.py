@@ -83,7 +83,11 @@ def _load(config: HostConfig) -> object:
     from engine.funasr_adapter import StreamingModel
 
     torch.set_num_threads(1)  # no OpenMP pool may be running when we fork
-    model = StreamingModel.load(config.model, device="cpu", ncpu=1, precision=config.precision)
+    # The onnx backend's session is opened here, before the fork, so that workers share its weights; with one
+    # intra-op thread it starts no thread pool that a fork could break.
+    model = StreamingModel.load(
+        config.model, device="cpu", ncpu=1, precision=config.precision, backend=config.backend, threads=1
+    )
     _malloc_trim()
     gc.collect()
     gc.freeze()  # keep the collector from touching (and so copying) inherited objects in every child

@@ -32,6 +32,14 @@ class Settings(BaseSettings):
     device: Literal["cpu", "cuda"] = Field("cpu", description="cpu: a worker per core; cuda: a worker per GPU.")
     workers: int = Field(0, ge=0, description="Worker processes; 0 means one per core (cpu) or one per GPU (cuda).")
     worker_threads: int = Field(1, ge=1, description="Torch threads per worker (each worker is pinned to a core).")
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto",
+        description=(
+            "What runs the encoder. torch: PyTorch eager, FunASR's own modules (the reference). onnx: FunASR's encoder "
+            "layers exported with their caches, on ONNX Runtime (CPU, fp32; built once per model, cached beside it). "
+            "auto: onnx for fp32 on CPU, torch for int8 or CUDA. docs/runtime.md compares them."
+        ),
+    )
     precision: Literal["fp32", "int8"] = Field(
         "fp32",
         description=(
@@ -115,6 +123,11 @@ class Settings(BaseSettings):
         ge=2,  # at 1, moving a session between workers one apart would only swap their loads, back and forth
         description="Session-count difference between the busiest and the idlest ready worker that triggers a move.",
     )
+
+    def resolved_backend(self) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "onnx" if self.device == "cpu" and self.precision == "fp32" else "torch"
 
     def resolved_workers(self, gpu_count: int | None = None) -> int:
         if self.workers:

@@ -138,6 +138,8 @@ class Supervisor:
                 raise EngineBootError("PARASTREAM_DEVICE=cuda but no CUDA device is visible; use PARASTREAM_DEVICE=cpu")
             if s.precision != "fp32":
                 raise EngineBootError("PARASTREAM_PRECISION=int8 runs on CPU only; use fp32 with PARASTREAM_DEVICE=cuda")
+            if s.resolved_backend() != "torch":
+                raise EngineBootError("PARASTREAM_BACKEND=onnx runs on CPU only; use torch with PARASTREAM_DEVICE=cuda")
             return [WorkerSlot(i, (), f"cuda:{i % gpu_count}") for i in range(s.resolved_workers(gpu_count))]
         cpus = sorted(os.sched_getaffinity(0))
         # Each worker gets `worker_threads` cores of its own (wrapping round when there are more threads than cores):
@@ -161,6 +163,7 @@ class Supervisor:
             s.max_batch,
             s.batch_wait_ms / 1000,
             s.precision,
+            s.resolved_backend(),
         )
         self._host = ctx.Process(target=host_main, args=(child, config), name="parastream-model-host", daemon=True)
         self._host.start()

@@ -54,6 +54,12 @@ def int8_model(model_dir: Path) -> StreamingModel:
 
 
 @pytest.fixture(scope="module")
+def onnx_model(model_dir: Path) -> StreamingModel:
+    """PARASTREAM_BACKEND=onnx: the encoder on ONNX Runtime, compared with FunASR's own (torch) batch-1 path."""
+    return StreamingModel.load(str(model_dir), backend="onnx")
+
+
+@pytest.fixture(scope="module")
 def sparse_model(model_dir: Path) -> StreamingModel:
     """The same model with its CIF predictor's firing damped (output bias -2.5), so that many strides emit no token,
     as silence does with real weights: random weights fire on every stride, which would leave the decoder-skip path
@@ -101,15 +107,20 @@ def test_the_real_architecture_is_batchable(model: StreamingModel) -> None:
     assert model.batching_unsupported is None
 
 
-@pytest.mark.parametrize("firing", ["dense", "sparse", "int8"])
+@pytest.mark.parametrize("firing", ["dense", "sparse", "int8", "onnx"])
 def test_batched_strides_equal_unbatched_for_sessions_of_different_ages(
-    firing: str, model: StreamingModel, sparse_model: StreamingModel, int8_model: StreamingModel
+    firing: str,
+    model: StreamingModel,
+    sparse_model: StreamingModel,
+    int8_model: StreamingModel,
+    onnx_model: StreamingModel,
 ) -> None:
     """Staggered starts put sessions of every age in one batch (key/value caches of 0..40 frames, decoder caches
     absent or present), with zero-token strides (sparse), finals, tail chunks and sessions ending mid-run mixed in."""
-    model = {"sparse": sparse_model, "int8": int8_model}.get(firing, model)
+    reference = sparse_model if firing == "sparse" else int8_model if firing == "int8" else model
+    model = {"sparse": sparse_model, "int8": int8_model, "onnx": onnx_model}.get(firing, model)
     clips = [clip(n, seed=70 + i) for i, n in enumerate(LENGTHS)]
-    expected = [unbatched(model, c) for c in clips]
+    expected = [unbatched(reference, c) for c in clips]
     plans = [plan(len(c)) for c in clips]
     caches = [model.new_cache(OPTS) for _ in clips]
     rng = random.Random(5)
