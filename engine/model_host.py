@@ -57,9 +57,28 @@ def _malloc_trim() -> None:
         pass
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's initial value, made permanent
+
+
+def _pin_mmap_threshold() -> None:
+    """Keep glibc serving every large allocation from its own mmap, returned on free.
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after which large blocks come
+    from the heap and stay there when freed. Building the ONNX Runtime session frees hundreds of MiB of temporaries,
+    so without this the host kept ~400 MiB more, and a forked worker's own buffers landed in free heap shared with
+    the host, copying pages as it wrote: measured 106 MiB private after four encoder runs, growing, against 30 MiB
+    steady with the threshold pinned. Set before anything is loaded; inherited by every forked worker."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
 def host_main(conn: Connection, config: HostConfig) -> None:
     """Entry point of the host process (started with the multiprocessing 'spawn' context)."""
     _die_with_parent()
+    _pin_mmap_threshold()
     # Ctrl-C and a group-wide SIGTERM (timeout(1), systemd's control-group kill) reach every process; only the API
     # process acts on them, and shuts the host and workers down in order (workers finish their strides first).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
