@@ -170,7 +170,6 @@ class OnnxEncoder:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.enable_cpu_mem_arena = False
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle pool threads must not spin: a worker shares its core with nothing, but spinning still burns it.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
