@@ -287,6 +287,7 @@ def profile_batches(
     matmul_sizes: tuple[int, ...] | list[int] | None = None,
     matmul_reps: int | None = None,
     precision: str = "fp32",
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Measure batch times, splits, top ops and GFLOP/s of ``model_dir``; returns a JSON-serialisable dict."""
     import torch
@@ -307,7 +308,7 @@ def profile_batches(
         raise ValueError("strides and flop_strides must be >= 1, warmup and profile_strides >= 0")
 
     t0 = time.perf_counter()
-    sm = StreamingModel.load(str(model_dir))
+    sm = StreamingModel.load(str(model_dir), backend=backend)
     load_s = time.perf_counter() - t0
     if sm.batching_unsupported:
         raise RuntimeError(f"this model cannot be batched: {sm.batching_unsupported}")
@@ -321,7 +322,10 @@ def profile_batches(
         torch.set_num_threads(threads[0])
         # FLOPs are counted in fp32 (the profiler counts no quantised matmul), then the precision is applied: an
         # int8 row's GFLOP/s is the fp32 work it stands for, per second.
+        # (The profiler cannot see inside ONNX Runtime either: count on the eager encoder, then switch back.)
+        runtime, sm.backend, sm._batched.encoder_runtime = sm._batched.encoder_runtime, "torch", None
         flops = _count_flops(sm, opts, parts, warmup, flop_strides)
+        sm.backend, sm._batched.encoder_runtime = backend, runtime
         per_session = flops["per_session_stride"]
         set_precision(model, precision)
         for t in threads:
@@ -362,6 +366,7 @@ def profile_batches(
         "settings": {
             "threads": threads,
             "precision": precision,
+            "backend": backend,
             "batch_sizes": batch_sizes,
             "strides": strides,
             "warmup_strides": warmup,
@@ -470,13 +475,15 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"# Batch profile `{r['name']}`",
         "",
-        f"- Precision: {s.get('precision', 'fp32')} (`PARASTREAM_PRECISION`).",
+        f"- Backend: {s.get('backend', 'torch')} (`PARASTREAM_BACKEND`), precision: {s.get('precision', 'fp32')} "
+        "(`PARASTREAM_PRECISION`).",
         f"- Model: `{r['model']['name']}` ({r['model']['params'] / 1e6:.1f} M params, "
         f"{r['model']['weights_mib']:.0f} MiB of weights), in-process, no server.",
         f"- Each batch size: B sessions on distinct synthetic clips, {s['warmup_strides']} warm-up strides (encoder "
         f"key/value cache at its full {s['encoder_kv_cache_frames']} frames), then {s['strides']} timed strides of "
         f"{s['stride_ms']:g} ms ({s['encoder_frames_per_stride']} encoder frames each). B = 1 runs "
-        "`StreamingModel.step` (FunASR's own chunk path, what a worker runs for a lone session); B ≥ 2 runs "
+        "`StreamingModel.step` (what a worker runs for a lone session: FunASR's own chunk path on the torch backend, a "
+        "batch of one on onnx); B ≥ 2 runs "
         "`step_batch`.",
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, L3 {m.get('l3_cache')}. "
         "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) +
@@ -582,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the result files")
     parser.add_argument("--name", help="result file stem (default: batch-profile-<model>[-quick])")
     parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="as PARASTREAM_PRECISION")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="as PARASTREAM_BACKEND")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny-random, 1 thread, B = 1, 2, 4, 2 strides, small matmul peak")
     args = parser.parse_args(argv)
@@ -601,9 +609,11 @@ def main(argv: list[str] | None = None) -> int:
         matmul_sizes=QUICK_MATMUL_SIZES if args.quick else None,
         matmul_reps=2 if args.quick else None,
         precision=args.precision,
+        backend=args.backend,
     )
     result["settings"]["mode"] = "quick" if args.quick else "full"
-    suffix = ("" if args.precision == "fp32" else f"-{args.precision}") + ("-quick" if args.quick else "")
+    suffix = ("" if args.backend == "torch" else f"-{args.backend}") + ("" if args.precision == "fp32" else f"-{args.precision}")
+    suffix += "-quick" if args.quick else ""
     name = args.name or f"batch-profile-{Path(model_dir).name.removesuffix('-seed0')}{suffix}"
     for path in write(result, args.out, name):
         print(f"wrote {path}")

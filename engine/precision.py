@@ -7,8 +7,15 @@ tensor holds every session's frames: a loud session would coarsen a quiet one's 
 depend on who shared its batch, and a replayed session (after a crash, a move) could come out different. Here each
 row (one frame of one session) is scaled to a peak of 1 before the quantised matmul and scaled back after it, and a
 constant row pins the tensor's range to [-1, 1]; so the quantiser's scale and zero point are the same for every
-batch, each row's int8 products depend on that row alone, and a session's output is the same whatever its batch
-(the same float-rounding tolerance as fp32 batching). It is also a finer quantisation than one range per chunk.
+batch, and each row's int8 products depend on that row alone. It is also a finer quantisation than one range per
+chunk.
+
+What this does not remove: the fp32 ops around the matmuls round differently in the last bit for different batch
+shapes (as in fp32 batching), and int8 rounding can turn such a difference into a whole quantisation step. On the
+tiny test model batched int8 stays within the fp32 tolerance of unbatched int8 (tests); on large-random, whose logit
+margins are tiny, 18 of 70 served transcripts in batched trials differed from FunASR's loop on the same int8 model
+(none at batch 1; `benchmarks/results/bench-large-random-runtime.md`). So int8 trades the exactness guarantee for
+cost: a session replayed after a crash or a move may not repeat its int8 tokens exactly. fp32 keeps it.
 
 The weights are quantised and packed (fbgemm) once, in the model host before it forks workers, so workers share
 them copy-on-write like the fp32 weights; the fp32 originals are dropped.

@@ -15,6 +15,7 @@ import numpy as np
 
 from app.client import ParastreamClient, TranscriptEvent
 from benchmarks import server_metrics
+from engine.settings import Settings
 from tests.audio import synth_speechlike
 from tests.harness import ServiceProcess
 from tests.reference_cache import reference_tokens
@@ -147,7 +148,7 @@ def _maybe_record(
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {
         "test": "test_eight_concurrent_sessions_match_the_in_process_reference",
-        "model": model_dir.name, "workers": 2, "sessions": sessions,
+        "model": model_dir.name, "workers": 2, "backend": Settings().resolved_backend(), "sessions": sessions,
         "all_identical": all(s["identical"] for s in sessions), "served_wall_s": round(served_s, 1),
         # How the strides were batched (the service's /metrics since it started; batching is on by default).
         "strides": server_metrics.trial_summary({}, server_metrics.scrape(base_url)),
