@@ -47,7 +47,7 @@ import torch
 
 from engine.messages import StreamOptions
 
-__all__ = ["BatchItem", "BatchedParaformer", "EncoderRuntime", "supports_batching"]
+__all__ = ["BatchItem", "BatchedParaformer", "EncoderRuntime", "sanm_layer", "supports_batching"]
 
 # (x, cur_mask, k_old, v_old, old_mask) -> (out, keys, values): `engine.onnx_encoder.EncoderStack`'s signature.
 EncoderRuntime = Callable[
@@ -104,6 +104,38 @@ def _stack_left_padded(parts: list[torch.Tensor | None], dim: int, like: torch.T
         if n:
             out[i : i + 1].narrow(dim, longest - n, n).copy_(part)
     return out, lengths
+
+
+def sanm_layer(
+    layer: Any,
+    x: torch.Tensor,
+    fsmn_mask: torch.Tensor,
+    attend_to: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """One `EncoderLayerSANM` over a padded batch, with FunASR's own module calls in `forward_chunk`'s order.
+    `attend_to(k_h, v_h) -> (keys, values, key_mask)` gives what the chunk's queries attend to: its own keys and values
+    after the session's cache, and which of them are real. Shared by the eager path and the exported graph
+    (`engine.onnx_encoder.EncoderStack`), so the two compute the same function."""
+    residual = x
+    if layer.normalize_before:
+        x = layer.norm1(x)
+    attn = layer.self_attn
+    q_h, k_h, v_h, v = attn.forward_qkv(x)
+    keys, values, key_mask = attend_to(k_h, v_h)
+    fsmn_memory = attn.forward_fsmn(v, fsmn_mask)
+    q_h = q_h * attn.d_k ** (-0.5)
+    scores = torch.matmul(q_h, keys.transpose(-2, -1))
+    att = attn.forward_attention(values, scores, key_mask) + fsmn_memory
+    x = residual + att if layer.in_size == layer.size else att
+    if not layer.normalize_before:
+        x = layer.norm1(x)
+    residual = x
+    if layer.normalize_before:
+        x = layer.norm2(x)
+    x = residual + layer.feed_forward(x)
+    if not layer.normalize_before:
+        x = layer.norm2(x)
+    return x
 
 
 class BatchedParaformer:
@@ -254,36 +286,20 @@ class BatchedParaformer:
         keep_cache: bool,
     ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor] | None]]:
         """`EncoderLayerSANM.forward_chunk` + `MultiHeadedAttentionSANM.forward_chunk`, masked, for a batch."""
-        residual = x
-        if layer.normalize_before:
-            x = layer.norm1(x)
-        attn = layer.self_attn
-        q_h, k_h, v_h, v = attn.forward_qkv(x)
         new: list[dict[str, torch.Tensor] | None] = [None] * len(lengths)
-        if keep_cache:
+
+        def attend_to(k_h: torch.Tensor, v_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            nonlocal new
+            if not keep_cache:
+                return k_h, v_h, cur_mask[:, None, :]
             k_old, old_lengths = _stack_left_padded([o["k"] if o else None for o in old], 2, k_h)
             v_old, _ = _stack_left_padded([o["v"] if o else None for o in old], 2, v_h)
             keys, values = torch.cat((k_old, k_h), dim=2), torch.cat((v_old, v_h), dim=2)
-            key_mask = torch.cat(
-                (_mask_lengths(old_lengths, k_old.shape[2], x.device, left_pad=True), cur_mask), dim=1
-            )
+            key_mask = torch.cat((_mask_lengths(old_lengths, k_old.shape[2], x.device, left_pad=True), cur_mask), dim=1)
             new = self._next_kv(keys, values, old_lengths, lengths, opts)
-        else:
-            keys, values, key_mask = k_h, v_h, cur_mask
-        fsmn_memory = attn.forward_fsmn(v, cur_mask[:, None, :])
-        q_h = q_h * attn.d_k ** (-0.5)
-        scores = torch.matmul(q_h, keys.transpose(-2, -1))
-        att = attn.forward_attention(values, scores, key_mask[:, None, :]) + fsmn_memory
-        x = residual + att if layer.in_size == layer.size else att
-        if not layer.normalize_before:
-            x = layer.norm1(x)
-        residual = x
-        if layer.normalize_before:
-            x = layer.norm2(x)
-        x = residual + layer.feed_forward(x)
-        if not layer.normalize_before:
-            x = layer.norm2(x)
-        return x, new
+            return keys, values, key_mask[:, None, :]
+
+        return sanm_layer(layer, x, cur_mask[:, None, :], attend_to), new
 
     @staticmethod
     def _next_kv(

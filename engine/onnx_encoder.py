@@ -8,7 +8,7 @@ actually runs (1 to 4) PyTorch eager spends much of it outside the matrix produc
 key/value cache, left-padded to the batch's longest, and returns the keys and values each layer attended to, from
 which `engine.batched_step` cuts every session's next cache exactly as in the PyTorch path.
 
-`EncoderStack` is the computation: the same module calls as `BatchedParaformer._encoder_layer` (FunASR's
+`EncoderStack` is the computation: `engine.batched_step.sanm_layer`, the eager path's own layer (FunASR's
 `forward_qkv`, `forward_fsmn`, `forward_attention`, layer norms and feed-forwards; nothing re-implemented), over all
 layers, traced by torch's TorchScript exporter (`dynamo=False`: the default dynamo exporter needs `onnxscript`, which
 is also why FunASR's own `export()` fails on torch 2.13). Dynamic axes: batch, chunk length, cache length.
@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.batched_step import sanm_layer
+
 log = logging.getLogger(__name__)
 
 EXPORT_VERSION = 1  # bump when EncoderStack or the export settings change: the content hash then changes too
@@ -62,29 +64,14 @@ class EncoderStack(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         keys_out, values_out = [], []
         key_mask = torch.cat((old_mask, cur_mask), dim=1)[:, None, :]
-        fsmn_mask = cur_mask[:, None, :]
         for index, layer in enumerate(self.layers):
-            residual = x
-            if layer.normalize_before:
-                x = layer.norm1(x)
-            attn = layer.self_attn
-            q_h, k_h, v_h, v = attn.forward_qkv(x)
-            keys, values = torch.cat((k_old[index], k_h), dim=2), torch.cat((v_old[index], v_h), dim=2)
-            keys_out.append(keys)
-            values_out.append(values)
-            fsmn_memory = attn.forward_fsmn(v, fsmn_mask)
-            q_h = q_h * attn.d_k ** (-0.5)
-            scores = torch.matmul(q_h, keys.transpose(-2, -1))
-            att = attn.forward_attention(values, scores, key_mask) + fsmn_memory
-            x = residual + att if layer.in_size == layer.size else att
-            if not layer.normalize_before:
-                x = layer.norm1(x)
-            residual = x
-            if layer.normalize_before:
-                x = layer.norm2(x)
-            x = residual + layer.feed_forward(x)
-            if not layer.normalize_before:
-                x = layer.norm2(x)
+
+            def attend_to(k_h: torch.Tensor, v_h: torch.Tensor, index: int = index) -> tuple[torch.Tensor, ...]:
+                keys_out.append(torch.cat((k_old[index], k_h), dim=2))
+                values_out.append(torch.cat((v_old[index], v_h), dim=2))
+                return keys_out[-1], values_out[-1], key_mask
+
+            x = sanm_layer(layer, x, cur_mask[:, None, :], attend_to)
         if self.after_norm is not None:
             x = self.after_norm(x)
         return x, torch.stack(keys_out), torch.stack(values_out)
