@@ -29,9 +29,9 @@ from funasr.utils import postprocess_utils
 from funasr.utils.load_utils import extract_fbank
 
 from engine import position_encoding
-from engine.precision import set_precision
 from engine.batched_step import BatchedParaformer, BatchItem, supports_batching
 from engine.messages import StreamOptions
+from engine.precision import set_precision
 
 __all__ = [
     "ModelLoadError",
