@@ -37,11 +37,13 @@ def _assert_clean_log(events: list[TranscriptEvent], expected: list[str]) -> Non
     assert [t for e in events if e.type == "partial" for t in e.data["tokens"]] == expected
 
 
-def test_sigkilled_workers_mid_stream_change_nothing(model_dir: Path) -> None:
+@pytest.mark.parametrize("backend", ["auto", "torch"])  # the default (the encoder on ONNX Runtime) and the reference
+def test_sigkilled_workers_mid_stream_change_nothing(model_dir: Path, backend: str) -> None:
     """Two workers, 8 sessions in random splits; worker 0 is SIGKILLed mid-stream, then worker 1."""
     clips = [synth_speechlike(s, seed=300 + i) for i, s in enumerate([6.0, 5.3, 7.1, 4.4, 6.6, 5.0, 7.7, 4.9])]
     rng = random.Random(4)
-    with ServiceProcess(model_dir, workers=2, max_append_bytes=64_000, worker_ping_interval_s=0.2) as svc:
+    settings = dict(workers=2, max_append_bytes=64_000, worker_ping_interval_s=0.2, backend=backend)
+    with ServiceProcess(model_dir, **settings) as svc:
 
         async def stream(client: ParastreamClient, sid: str, clip: np.ndarray, seed: int) -> None:
             r, pos = random.Random(seed), 0
