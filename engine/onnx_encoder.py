@@ -14,8 +14,8 @@ layers, traced by torch's TorchScript exporter (`dynamo=False`: the default dyna
 is also why FunASR's own `export()` fails on torch 2.13). Dynamic axes: batch, chunk length, cache length.
 
 Build once, reuse after: `artefact()` exports into `<model dir>/.parastream/` (or the user cache when the model dir
-is read-only) under a hash of the model's weights and config, this module's exporter version and the torch and onnx
-versions; a restart reuses the file, a changed model gets a new one. The model host builds it (or `parastream
+is read-only) under a hash of the model's weights and config, the traced code and the torch and onnx versions; a
+restart reuses the file, a changed model or changed code gets a new one. The model host builds it (or `parastream
 build DIR`) and opens the session before forking, so workers share its weights copy-on-write.
 
 This module imports torch and onnxruntime: engine processes only.
@@ -24,6 +24,7 @@ This module imports torch and onnxruntime: engine processes only.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 import tempfile
@@ -40,7 +41,6 @@ from engine.batched_step import sanm_layer
 
 log = logging.getLogger(__name__)
 
-EXPORT_VERSION = 1  # bump when EncoderStack or the export settings change: the content hash then changes too
 OPSET = 17
 INPUTS = ("x", "cur_mask", "k_old", "v_old", "old_mask")
 OUTPUTS = ("out", "keys", "values")
@@ -84,10 +84,13 @@ def cache_shape(encoder: Any) -> tuple[int, int, int]:
 
 
 def content_hash(model_dir: Path) -> str:
-    """What the artefact depends on: the weights, the config, this exporter, and the torch and onnx versions."""
+    """What the artefact depends on: the weights, the config, the traced code (`EncoderStack`, the layer it shares with
+    the eager path, and the export settings, read from their source, so no version number can be forgotten), and the
+    torch and onnx versions."""
     import onnx
 
-    digest = hashlib.sha256(f"v{EXPORT_VERSION} opset{OPSET} torch{torch.__version__} onnx{onnx.__version__}".encode())
+    code = "".join(inspect.getsource(obj) for obj in (EncoderStack, sanm_layer, _export))
+    digest = hashlib.sha256(f"{code} opset{OPSET} torch{torch.__version__} onnx{onnx.__version__}".encode())
     for name in ("config.yaml", "model.pt"):
         with open(model_dir / name, "rb") as f:
             while block := f.read(1 << 24):
