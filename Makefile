@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: 2.13.0 resolves to the CPU wheel here; an unpinned torch pulls GBs of CUDA packages.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test]"
+	# The benchmark's C++-runtime-style baseline decodes with funasr-onnx. --no-deps: it caps numpy at 1.26.4,
+	# which would downgrade ours; everything it imports (librosa, jieba, kaldi-native-fbank...) comes with funasr.
+	$(BIN)/pip install --quiet --no-deps funasr-onnx==0.4.3
 	touch $(STAMP)
 
 install: $(STAMP) system-deps

@@ -5,6 +5,8 @@
 - `parastream-Nw-torch`: the same with the encoder on PyTorch eager (`PARASTREAM_BACKEND=torch`, the reference).
 - `parastream-Nw-int8`, `parastream-Nw-int8-lb0`: `PARASTREAM_PRECISION=int8`, sessions at look-back 4/1 and 0/0.
 - `parastream-Nw-unbatched`: the defaults with `PARASTREAM_MAX_BATCH=1` (one session per forward pass).
+- `funasr-onnx-fp32`, `funasr-onnx-int8`: FunASR's exported graphs served like its C++ runtime (look-back 0/0, one
+  shared pair of ONNX Runtime sessions, a thread pool, per-stream state); the int8 one is that runtime's default.
 - `funasr-threads`: FunASR's Python-server design, one shared AutoModel, generate() from a 4-thread pool.
 - `sequential`: one model, one stride at a time on the event loop (the simplest correct server).
 """
@@ -54,6 +56,7 @@ def all_systems(model_dir: Path) -> list[SystemSpec]:
     limits = {"PARASTREAM_MAX_SESSIONS": "1024", "PARASTREAM_SESSION_IDLE_TIMEOUT_S": "120"}
     baseline = (sys.executable, "-m", "benchmarks.baselines.funasr_server", "--model", str(model_dir))
     unbatched = {"PARASTREAM_MAX_BATCH": "1"}
+    onnx_baseline = (sys.executable, "-m", "benchmarks.baselines.funasr_onnx_server", "--model", str(model_dir))
     return [
         SystemSpec("parastream-1w", "Parastream, 1 worker, batched", serve, {**limits, "PARASTREAM_WORKERS": "1"}),
         SystemSpec(
@@ -77,6 +80,16 @@ def all_systems(model_dir: Path) -> list[SystemSpec]:
             {**limits, "PARASTREAM_WORKERS": str(cores), "PARASTREAM_PRECISION": "int8"}, precision="int8",
             look_back=(0, 0),
         ),
+        SystemSpec(
+            "funasr-onnx-fp32", "FunASR's fp32 ONNX graphs served like its C++ runtime (look-back 0/0)", onnx_baseline,
+            look_back=(0, 0),
+        ),
+        # No FunASR loop computes ONNX Runtime's int8 graph, so its transcripts are compared with the fp32 0/0 loop:
+        # its 'wrong' count is its disagreement with fp32 on a random model (a lower bound on agreement, not errors).
+        SystemSpec(
+            "funasr-onnx-int8", "FunASR's int8 ONNX graphs served like its C++ runtime (look-back 0/0)",
+            (*onnx_baseline, "--quantize"), look_back=(0, 0),
+        ),
         SystemSpec("funasr-threads", "FunASR server design: shared AutoModel, 4 generate() threads",
                    (*baseline, "--mode", "threads", "--threads", "4")),
         SystemSpec("sequential", "One process, one stride at a time", (*baseline, "--mode", "sequential")),
@@ -98,7 +111,7 @@ class RunningSystem:
         self.base_url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, **spec.env, "PARASTREAM_MODEL": str(model_dir), "PARASTREAM_PORT": str(self.port)}
         argv = list(spec.argv)
-        if "benchmarks.baselines.funasr_server" in argv:
+        if any(arg.startswith("benchmarks.baselines.") for arg in argv):
             argv += ["--port", str(self.port)]
         self._log = tempfile.NamedTemporaryFile(prefix=f"bench-{spec.name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(

@@ -60,6 +60,7 @@ class Session:
     processed: int = 0
     closed: bool = False
     cache: dict[str, Any] = field(default_factory=dict)  # this session's own FunASR cache
+    stream: Any = None  # per-stream state a runtime keeps outside `cache` (funasr_onnx_server: its frontend)
     texts: list[str] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
@@ -97,6 +98,10 @@ class Baseline:
         self.generate_errors = 0
         self.created = 0
 
+    @property
+    def ready(self) -> bool:
+        return self.automodel is not None
+
     def load(self) -> None:
         # Imported here (torch + funasr take ~7.5 s) so /healthz answers while the model loads.
         from engine.funasr_adapter import load_automodel
@@ -119,7 +124,7 @@ class Baseline:
                     text = await loop.run_in_executor(self.pool, self.generate, s, samples, is_final)
             except Exception as exc:  # e.g. tensor-size errors from another session's cache: fail this one only
                 self.generate_errors += 1
-                s.cache = {}
+                s.cache, s.stream = {}, None
                 s.emit("error", {"code": "inference_failed", "message": f"{type(exc).__name__}: {exc}"[:500]})
                 return
             s.processed += len(samples)
@@ -133,7 +138,7 @@ class Baseline:
             elif not is_final:
                 s.emit("progress", {"samples_processed": s.processed}, numbered=False)
             if is_final:
-                s.cache = {}
+                s.cache, s.stream = {}, None
                 s.emit("final", {"tokens": list(s.tokens), "text": "".join(s.texts),
                                  "samples_processed": s.processed, "reason": "closed"})
                 return
@@ -166,7 +171,7 @@ def build_app(b: Baseline) -> FastAPI:
         if b.pool is not None:
             b.pool.shutdown(wait=True, cancel_futures=True)
 
-    app = FastAPI(title=f"FunASR baseline ({b.mode})", lifespan=lifespan)
+    app = FastAPI(title=f"baseline ({b.mode})", lifespan=lifespan)
 
     def lookup(session_id: str) -> Session | JSONResponse:
         s = b.sessions.get(session_id)
@@ -178,7 +183,7 @@ def build_app(b: Baseline) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> Any:
-        return {"status": "ready"} if b.automodel is not None else error(503, "not_ready", "model loading")
+        return {"status": "ready"} if b.ready else error(503, "not_ready", "model loading")
 
     @app.get("/stats")
     async def stats() -> dict[str, int]:
@@ -186,7 +191,7 @@ def build_app(b: Baseline) -> FastAPI:
 
     @app.post("/v1/sessions", status_code=201)
     async def create_session(request: Request) -> Any:
-        if b.automodel is None:
+        if not b.ready:
             return error(503, "not_ready", "model loading")
         raw = await request.body()
         try:

@@ -17,13 +17,14 @@ def test_quick_benchmark_runs_every_system_and_serves_exact_transcripts(tiny_mod
     assert (tmp_path / "smoke.md").read_text().startswith("# Benchmark")
     assert (tmp_path / "smoke.png").stat().st_size > 0
     systems = {s["name"]: s for s in result["systems"]}
-    assert {"parastream-1w", "sequential", "funasr-threads"} <= set(systems)
+    assert {"parastream-1w", "sequential", "funasr-threads", "funasr-onnx-fp32", "funasr-onnx-int8"} <= set(systems)
     for name, system in systems.items():
         assert [t["streams"] for t in system["trials"]] == [1, 2], name
         for trial in system["trials"]:
             assert trial["finals"] + trial["errors"] >= trial["streams"], (name, trial)
             assert trial["partial_ms"]["count"] > 0
-            if name != "funasr-threads":  # the shared-AutoModel design may legitimately get text wrong
+            # The shared-AutoModel design may legitimately get text wrong, and no FunASR loop computes the int8 graph.
+            if name not in ("funasr-threads", "funasr-onnx-int8"):
                 assert trial["finals"] == trial["streams"] and trial["errors"] == 0, (name, trial)
                 assert trial["wrong_transcripts"] == 0, (name, trial)
             if name.startswith("parastream"):  # its /metrics account for every stride of the trial
