@@ -39,14 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     build = sub.add_parser("build", help="build the optimised encoder for PARASTREAM_BACKEND=onnx (else at first start)")
     build.add_argument("model", help="model dir or name")
 
-    bench = sub.add_parser("bench", help="benchmarks (same as python -m benchmarks ...)", add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-
     args = parser.parse_args(argv)
-    if args.command == "bench":
-        from benchmarks.__main__ import main as bench_main
-
-        return bench_main(args.bench_args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "make-model":
         return _make_model(args.kind, args.dir, args.seed)
@@ -61,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _make_model(kind: str, out: Path, seed: int) -> int:
-    from engine.model_factory import build_random_model
+    from engine.model.factory import build_random_model
 
     path = build_random_model(kind, out, seed=seed)
     print(f"built {kind} (seed {seed}) in {path}")
@@ -71,7 +64,7 @@ def _make_model(kind: str, out: Path, seed: int) -> int:
 def _build(model: str) -> int:
     import time
 
-    from engine.funasr_adapter import StreamingModel
+    from engine.model.adapter import StreamingModel
 
     started = time.perf_counter()
     streaming = StreamingModel.load(model, backend="onnx")
@@ -81,13 +74,12 @@ def _build(model: str) -> int:
 
 async def _serve(overrides: dict[str, object]) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
     from app.main import create_app
     from engine.errors import EngineBootError
     from engine.service import Engine
     from engine.settings import Settings
-
-    from pydantic import ValidationError
 
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]

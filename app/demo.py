@@ -28,6 +28,7 @@ from engine.service import Engine
 from engine.settings import Settings
 from engine.training import synth
 from engine.training.cer import cer, edit_distance
+from engine.units import SAMPLE_RATE
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL_DIR = ROOT / "models" / "digits"
@@ -60,7 +61,7 @@ def said_clip(text: str) -> Clip:
     if not synth.espeak_available():
         raise ValueError("--say needs espeak-ng (Debian: apt-get install espeak-ng)")
     _, pcm = synth.synthesize_text(digits)
-    return Clip(f"--say {digits}", pcm, synth.SAMPLE_RATE, digits)
+    return Clip(f"--say {digits}", pcm, SAMPLE_RATE, digits)
 
 
 def _free_port() -> int:
@@ -107,11 +108,11 @@ async def run_demo(wav: Path | None, model: str | None, speed: float = 1.0, say:
     serving = asyncio.create_task(server.serve())
     try:
         if not await engine.wait_ready(120):
-            print(f"workers did not become ready: {engine.supervisor.halt_reason}", file=sys.stderr)
+            print(f"workers did not become ready: {engine.halt_reason}", file=sys.stderr)
             return 1
         while not server.started:
             await asyncio.sleep(0.05)
-        print(f"serving {settings.model} on http://127.0.0.1:{settings.port} with {len(engine.supervisor.slots)} workers")
+        print(f"serving {settings.model} on http://127.0.0.1:{settings.port} with {len(engine.workers())} workers")
         if model is None:
             print("The demo model knows only espeak-ng's synthetic voice reading the digits 零-九, not human speech;")
             print("PARASTREAM_MODEL=paraformer-zh-streaming serves the real model where its hub is reachable.")

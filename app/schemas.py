@@ -1,8 +1,15 @@
-"""Request and response bodies of the HTTP API (they also document it in the OpenAPI schema)."""
+"""Request, response and event bodies of the HTTP API (they also document it in the OpenAPI schema).
+
+The engine's typed events and read-only views (engine/events.py) become wire payloads here, and only here.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from engine.events import Failure, Final, Partial, Payload, SessionView, WorkerView
 
 
 class SessionCreate(BaseModel):
@@ -34,6 +41,45 @@ class SessionInfo(BaseModel):
     restores: int = Field(0, description="Times the session was carried over to another worker after a crash")
     migrations: int = Field(0, description="Times the session was moved to another worker with its state (balancing)")
 
+    @classmethod
+    def from_view(cls, view: SessionView) -> SessionInfo:
+        return cls(
+            id=view.id, state=view.state, sample_rate=view.sample_rate, chunk_size=list(view.chunk_size),
+            encoder_chunk_look_back=view.encoder_chunk_look_back, decoder_chunk_look_back=view.decoder_chunk_look_back,
+            samples_received=view.samples_received, samples_processed=view.samples_processed, worker=view.worker,
+            text=view.text, tokens=view.tokens, events=view.events, close_reason=view.close_reason,
+            restores=view.restores, migrations=view.migrations,
+        )
+
+
+class WorkerInfo(BaseModel):
+    slot: int
+    pid: int | None
+    generation: int = Field(description="Incarnation of the slot's worker; it grows by one each time it is replaced")
+    device: str
+    cpus: list[int]
+    ready: bool
+    halted: bool = Field(description="Failed to boot PARASTREAM_MAX_BOOT_FAILURES times in a row; not respawned")
+    restarts: int
+    sessions: int = Field(description="Sessions placed on it")
+    cache_bytes: int | None = Field(description="Bytes of model cache it holds, from its last liveness reply")
+    worker_sessions: int | None = Field(description="Sessions it holds, from its last liveness reply")
+    strides: int | None = Field(description="Strides it has computed, from its last liveness reply")
+
+    @classmethod
+    def from_view(cls, view: WorkerView) -> WorkerInfo:
+        return cls(
+            slot=view.slot, pid=view.pid, generation=view.generation, device=view.device, cpus=list(view.cpus),
+            ready=view.ready, halted=view.halted, restarts=view.restarts, sessions=view.sessions,
+            cache_bytes=view.cache_bytes, worker_sessions=view.worker_sessions, strides=view.strides,
+        )
+
+
+class Readiness(BaseModel):
+    ready: bool
+    workers: list[WorkerInfo]
+    reason: str | None = Field(description="Why the service cannot serve, when it cannot")
+
 
 class MigrateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -59,3 +105,65 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# --- the event stream (SSE `data:` of each event type) -----------------------------------------------------------
+
+
+class PartialData(BaseModel):
+    """`event: partial`: one stride's new tokens and their text; a client joins the texts for the transcript."""
+
+    tokens: list[str]
+    text: str
+    samples_processed: int = Field(description="Samples transcribed so far, at the session's sample rate")
+
+
+class FinalData(BaseModel):
+    """`event: final`: the last event of a session that ended well."""
+
+    tokens: list[str] = Field(description="Every token of the session")
+    text: str = Field(description="The whole transcript")
+    reason: str = Field(description="closed | idle_timeout")
+    samples_processed: int
+
+
+class ErrorData(BaseModel):
+    """`event: error`: the last event of a session that ended badly."""
+
+    code: Literal["inference_failed", "worker_died", "shutdown", "aborted"]
+    message: str
+
+
+class ProgressData(BaseModel):
+    """`event: progress` (no id; only with `?progress=true`): audio was transcribed without new tokens."""
+
+    samples_processed: int
+
+
+class GapData(BaseModel):
+    """`event: gap` (no id): the resume point is older than the history kept (PARASTREAM_EVENT_HISTORY)."""
+
+    code: Literal["history_lost"] = "history_lost"
+    missed: int
+    first_available_id: int
+
+
+class TranscriptEvent(RootModel[PartialData | FinalData | ErrorData | ProgressData | GapData]):
+    """The `data:` of an event on /v1/sessions/{id}/events; the SSE `event:` field names its type."""
+
+
+def event_data(payload: Payload) -> tuple[str, BaseModel]:
+    """The SSE event type and `data:` body of an engine event."""
+    match payload:
+        case Partial():
+            return "partial", PartialData(
+                tokens=list(payload.tokens), text=payload.text, samples_processed=payload.samples_processed
+            )
+        case Final():
+            return "final", FinalData(
+                tokens=list(payload.tokens), text=payload.text, reason=payload.reason,
+                samples_processed=payload.samples_processed,
+            )
+        case Failure():
+            return "error", ErrorData(code=payload.code.value, message=payload.message)
+    raise TypeError(f"no wire format for {payload!r}")

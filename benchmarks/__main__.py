@@ -1,4 +1,4 @@
-"""`python -m benchmarks` (also `parastream bench`): run the comparison and write the results.
+"""`python -m benchmarks`: run the comparison and write the results.
 
     python -m benchmarks run --model tiny-random            # full capacity search, all systems
     python -m benchmarks run --model large-random
@@ -21,7 +21,7 @@ MODEL_CACHE = Path.home() / ".cache" / "parastream"
 
 def resolve_model(spec: str) -> Path:
     if spec in ("tiny-random", "large-random"):
-        from engine.model_factory import ensure_model
+        from engine.model.factory import ensure_model
 
         return ensure_model(spec, MODEL_CACHE)
     return Path(spec)

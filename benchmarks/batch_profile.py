@@ -4,43 +4,8 @@
                                        [--strides 8] [--out benchmarks/results]
     python -m benchmarks.batch_profile --quick          # tiny-random, 1 thread, B = 1, 2, 4, 2 strides (the test)
 
-One process, no server: the model is loaded once (``StreamingModel.load``), then for each thread count
-(``torch.set_num_threads``, ascending) and each batch size B:
-
-1. **Batch time.** B sessions, each on its own clip (``synth_speechlike`` with seeds 0..B-1), are warmed for
-   ``warmup`` strides (default 5: the encoder's key/value cache grows over a session's first 4 strides to its full
-   ``encoder_chunk_look_back x chunk_size[1]`` = 40 frames, so from then on every stride costs what a steady
-   session's does). Then ``strides`` strides (default 8) are timed, each as one call: ``StreamingModel.step_batch``
-   over all B sessions, or for B = 1 ``StreamingModel.step``, FunASR's own chunk path, which is what a worker runs
-   for a lone session. Reported: median / p90 / mean wall ms per batch, process CPU ms (all threads), ms per
-   session-stride (median / B) and the speed-up per session-stride against B = 1.
-2. **Split.** Timers wrapped around the pieces (instance/module attributes, restored afterwards): ``frontend``
-   (``funasr_adapter.extract_fbank``: fbank + LFR/CMVN, per session), ``encoder`` (batched:
-   ``BatchedParaformer._encoder_input`` + ``_encode``; B = 1: ``encoder.forward_chunk``), ``predictor`` (the CIF
-   predictor's ``forward_chunk``, per session in both paths), ``decoder`` (batched: ``BatchedParaformer._decode``,
-   which includes the log-softmax; B = 1: ``decoder.forward_chunk``) and ``other`` = batch time minus those
-   (Python glue, token ids to text, cache bookkeeping; at B = 1 also FunASR's log-softmax / argmax). The split is
-   reported as means over the timed strides, so the parts add up to the mean batch time exactly.
-3. **Top ops.** ``torch.profiler`` (CPU activity) over ``profile_strides`` extra strides of the largest batch per
-   thread count, after the timed ones (the profiler slows small ops, so those strides are not in the timings):
-   self CPU time per aten op, top 10. With intra-op threads an op's "self CPU" is its wall time on the calling
-   thread. ``not_in_any_op`` = profiled wall time minus the self time of all ops: Python between ops.
-4. **GFLOP/s.** ``torch.utils.flop_counter.FlopCounterMode`` over ``flop_strides`` steady strides of one B = 1
-   session (mean per stride; matmuls and convolutions only - see ``benchmarks/bound.py`` for what it does not
-   count), scaled by B: a batch does the same work per session as B = 1 (a steady batch has no padding: every
-   chunk is 15 frames, every cache 40). The fp32 matmul peak at each thread count is ``bound._matmul_peak``.
-5. **Capacity model** (a model, not a measurement): per thread count, least squares ``batch_ms = fixed +
-   marginal x B`` over the measured B >= 2. A worker that runs batches back to back, each taking every stride that
-   arrived during the previous one, with N real-time streams (one stride per 600 ms each) settles at a batch time C
-   with B = N x C / 600, i.e. ``C = fixed / (1 - marginal x N / 600)``; a stride waits at most one batch and is
-   then processed in the next, so its latency is at most ``2 x C``. Reported: C and 2C for several N, the N at
-   which 2C reaches 600 ms (``(600 - 2 x fixed) / marginal``), and the throughput limit ``600 / marginal``. B is
-   treated as continuous and the line is extrapolated beyond the largest measured B (flagged in the table).
-
-Output: ``<out>/batch-profile-<model>[-quick].{json,md}``. Timings are only meaningful on an otherwise idle
-machine (``cpu_ms`` well below ``batch_ms`` at 1 thread means the process was descheduled). Thread counts change
-in-process here (``torch.set_num_threads``), unlike ``benchmarks/bound.py``, which starts a process per count;
-``torch_num_threads`` and ``cpu_ms`` record what each run actually had.
+Output: `<out>/batch-profile-<model>[-quick].{json,md}`. The method (batch time, split, top ops, GFLOP/s, and the
+capacity model it fits) is in docs/benchmarks.md, "How the batch profile measures".
 """
 
 from __future__ import annotations
@@ -53,8 +18,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from benchmarks.bound import _stats
 
@@ -131,7 +97,7 @@ class _Parts:
 
 
 def _install(sm: Any) -> _Parts:
-    import engine.funasr_adapter as adapter
+    import engine.model.adapter as adapter
 
     parts = _Parts()
     model = sm.model
@@ -293,9 +259,9 @@ def profile_batches(
     import torch
 
     from benchmarks import bound
-    from engine.funasr_adapter import StreamingModel
     from engine.messages import StreamOptions
-    from engine.precision import set_precision
+    from engine.model.adapter import StreamingModel
+    from engine.model.precision import set_precision
 
     warmup = bound.DEFAULT_WARMUP if warmup is None else warmup
     sizes = list(matmul_sizes or bound.DEFAULT_MATMUL_SIZES)
@@ -450,7 +416,7 @@ def _metadata() -> dict[str, Any]:
     l3 = Path("/sys/devices/system/cpu/cpu0/cache/index3/size")
     info["l3_cache"] = l3.read_text().strip() if l3.exists() else None
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": git_commit(),
         "machine": info,
         "versions": {**versions(), **_extra_versions()},

@@ -2,75 +2,9 @@
 
     python -m benchmarks.bound --model large-random [--threads 1,2] [--strides 40] [--json OUT]
 
-``--model`` takes a model directory, or ``tiny-random`` / ``large-random`` (built on first use in
-``~/.cache/parastream``). From Python: ``measure_bound(model_dir, strides=40, threads=None)`` returns a dict.
-
-Every thread count runs in a *fresh subprocess* (this module with a hidden ``--_worker`` flag, ``OMP_NUM_THREADS``
-and ``torch.set_num_threads`` set before any work): torch's thread pools cannot be reliably resized inside one
-process. Runs are sequential, never concurrent. The parent process never imports torch or funasr. Each worker:
-
-1. **Per-stride compute time of the bare model** (``stride_ms``): ``StreamingModel.step`` on successive 600 ms
-   strides of one session of speech-like audio (``synth_speechlike``, benchmarks/audio.py), after ``warmup``
-   strides (default 5: the encoder's key/value cache grows over a session's first 4 strides, so early strides are
-   cheaper and unrepresentative). Median / p95 / mean / min / max in ms, and ``cpu_ms`` (process CPU time, all
-   threads) to show how busy the extra threads were - at 1 thread, ``cpu_ms`` well below ``stride_ms`` means the
-   process was descheduled, i.e. the machine was not idle. ``split_ms`` splits each stride by timing the pieces that
-   ``step`` calls: ``frontend`` (fbank + LFR/CMVN, ``extract_fbank``), ``encoder`` (``encoder.forward_chunk``),
-   ``predictor`` (CIF, ``predictor.forward_chunk``), ``decoder`` (``decoder.forward_chunk``; skipped by FunASR on
-   strides that predict no token) and ``other`` (the rest: log-softmax, argmax, tokenizer, Python glue).
-2. **fp32 matmul peak** (``matmul``): ``torch.mm`` of square fp32 matrices (sizes 1024/2048/4096 by default),
-   best of several repetitions, the best size reported as ``peak_gflops``. This is what the BLAS reaches on
-   large, cache-friendly GEMMs; no real layer of a streaming model runs at that shape.
-3. **FLOPs per stride** (``flops``): ``torch.utils.flop_counter.FlopCounterMode`` around one further warm step,
-   split by the same pieces and by aten op. It counts matrix multiplies (``mm``/``addmm``/``bmm``, i.e. every
-   Linear and the attention score/context products) and convolutions (the FSMN memory blocks, the CIF conv). It
-   does **not** count element-wise work (adds, scaling, activations, masks), softmax / log-softmax, layer norms,
-   the CIF predictor's per-frame Python loop, embedding lookups, copies and concatenations of the caches, nor
-   the fbank frontend (kaldi-native-fbank runs outside torch). Cross-check, ``flops.analytic_per_stride``: for
-   every Linear and Conv1d, 2 x weight elements x rows it processes - the encoder and predictor run on every
-   encoder frame (15 per stride with chunk_size [0, 10, 5]: 10 new frames + 5 of look-ahead, which are
-   recomputed next stride), the decoder on every predicted token, except its source-attention key/value
-   projection, which runs on the encoder frames. It ignores biases and the attention products over cached
-   frames, so it should land a little below the counted figure.
-4. **Two cheap extras that explain the gap between the bounds**:
-   ``ffn_gemm``: the model's own encoder feed-forward layers (blocks 2..N, ``encoder.encoders``; their real
-   weights, all layers in turn, so the weights stream through the caches as they do in a stride) multiplied
-   with inputs of B sessions x 15 frames rows for B = 1, 4, 16: the GFLOP/s that a batch-1 stride's GEMMs can
-   reach, and how much cross-session batching raises it. ``read_gbs``: memory read bandwidth, ``torch.sum``
-   over a 512 MiB fp32 tensor, best of 5.
-
-Derived figures (``derived``; a "stream" is one real-time session, i.e. one 600 ms stride per 600 ms):
-
-* ``streams_compute_bound`` = cores x 600 / median ms per stride at 1 thread: every core runs its own
-  single-thread, batch-1 pipeline. Optimistic: two such processes side by side share the L3 and memory
-  bandwidth and each runs a few percent slower than alone.
-* ``streams_compute_bound_one_process`` = 600 / median ms per stride at ``cores`` threads: one batch-1 pipeline
-  using every core (intra-op parallelism only). At batch 1 extra threads help little, so this is below the
-  previous figure.
-* ``streams_flop_bound`` = peak GFLOP/s on all cores / (FLOPs per stride / 0.6 s / 1e9): the streams the
-  machine could carry if every stride ran at the fp32 matmul peak. ``peak_gflops_all_cores`` is the peak
-  measured at ``cores`` threads, or cores x the 1-thread peak (marked ``extrapolated``) when that thread count
-  was not run. Uses counted FLOPs, so it is itself an over-estimate of what is reachable (uncounted work).
-* ``achieved_gflops_1thread`` / ``flop_efficiency_1thread``: counted FLOPs / median stride time, and that as a
-  fraction of the 1-thread peak.
-* ``weight_read_floor_ms_1thread``: the time to read every weight a stride touches (all parameters but the
-  embedding table) once from memory at the measured 1-thread read bandwidth - the floor a stride would have if it
-  were purely DRAM-bandwidth bound. Only meaningful when the weights far exceed the last-level cache (large model).
-
-**Caveat: why the FLOP bound is so far above the compute bound.** A batch-1 streaming stride multiplies every
-weight matrix with only 15 rows (frames) - decoder layers with 1-6 token rows - and runs hundreds of small
-kernels (50 encoder blocks of attention, FSMN, layer norms, element-wise ops) per stride. Each weight byte is
-fetched for only a handful of FLOPs (low arithmetic intensity), so the GEMMs run far below the peak (see
-``ffn_gemm`` at B=1) and everything uncounted (per-op dispatch, element-wise and memory-bound kernels) adds to the
-time. A second thread splits already-small kernels and mostly waits. Compare the median stride with
-``weight_read_floor_ms_1thread``: where the stride is many times the floor, raw DRAM bandwidth is not the only
-limit - the skinny-GEMM efficiency of the BLAS and the per-op overhead are. That gap - ``streams_flop_bound`` vs
-``streams_compute_bound`` - is what cross-session batching targets: stacking B sessions' strides into one call
-reuses each weight fetch and each kernel launch B times (see ``ffn_gemm`` at B=4, 16). Neither bound includes
-any serving cost (audio transport, queues, IPC, HTTP); they are ceilings to compare a served throughput with.
-
-Timings are only meaningful on an otherwise idle machine; the FLOP counts and parameter counts are exact and
-load-independent. This module measures; it asserts nothing about the values.
+`--model` takes a model directory, or `tiny-random` / `large-random`. From Python: `measure_bound(model_dir,
+strides=40, threads=None)` returns a dict. What each figure measures, what it leaves out, and how to read the gap
+between the bounds: docs/benchmarks.md, "The in-process bound". This module measures; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -245,7 +179,7 @@ def machine_info() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git_commit": commit or "unknown",
         "cpu": cpu,
         "cores": _cores(),
@@ -332,7 +266,7 @@ class _Probe:
 
 
 def _install_probe(sm: Any) -> _Probe:
-    import engine.funasr_adapter as adapter
+    import engine.model.adapter as adapter
 
     probe = _Probe()
     model = sm.model
@@ -426,8 +360,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(threads)
     from torch.utils.flop_counter import FlopCounterMode
 
-    from engine.funasr_adapter import StreamingModel
     from engine.messages import StreamOptions
+    from engine.model.adapter import StreamingModel
     try:
         from benchmarks.audio import synth_speechlike, to_float32
     except ImportError:  # before the generator moved out of tests/
@@ -530,7 +464,7 @@ def _resolve_model(arg: str) -> Path:
     path = Path(arg).expanduser()
     if path.exists():
         return path
-    from engine.model_factory import KINDS, ensure_model
+    from engine.model.factory import KINDS, ensure_model
 
     if arg in KINDS:
         return ensure_model(arg, MODEL_CACHE)

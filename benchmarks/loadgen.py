@@ -26,8 +26,8 @@ import httpx
 import numpy as np
 
 from app.client import ParastreamClient
+from engine.units import STRIDE_SAMPLES
 
-STRIDE = 9600  # samples in a 600 ms stride at 16 kHz
 FRAME_MS = 100
 FRAME = 16_000 * FRAME_MS // 1000
 
@@ -85,7 +85,7 @@ async def run_stream(
                 result.send_lag_ms = max(result.send_lag_ms, (now - due) * 1000)
             end = min(offset + FRAME, len(pcm))
             sent_at = time.monotonic()
-            for k in range(offset // STRIDE, end // STRIDE):  # strides whose last sample is in this frame
+            for k in range(offset // STRIDE_SAMPLES, end // STRIDE_SAMPLES):  # strides whose last sample is in this frame
                 stride_sent[k] = sent_at
             await client.append(sid, pcm[offset:end])
             result.append_ms.append((time.monotonic() - sent_at) * 1000)
@@ -94,7 +94,7 @@ async def run_stream(
         await asyncio.wait_for(watcher, timeout=120)
         if arrivals and result.tokens is not None:
             result.final_ms = (arrivals[-1][0] - closed_at) * 1000
-    except (httpx.HTTPError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, httpx.HTTPError) as exc:
         result.errors.append(f"stream: {exc!r}")
         watcher.cancel()
     _stride_timings(result, stride_sent, arrivals)
@@ -106,7 +106,7 @@ def _stride_timings(result: StreamResult, stride_sent: dict[int, float], arrival
     sent_times = sorted(stride_sent.values())
     j = 0
     for k in sorted(stride_sent):
-        boundary = (k + 1) * STRIDE
+        boundary = (k + 1) * STRIDE_SAMPLES
         while j < len(arrivals) and arrivals[j][1] < boundary:
             j += 1
         if j == len(arrivals):

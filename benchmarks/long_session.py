@@ -28,20 +28,19 @@ import numpy as np
 from app.client import ParastreamClient
 from benchmarks.audio import synth_speechlike
 from benchmarks.systems import RunningSystem, SystemSpec
+from engine.units import SAMPLE_RATE, STRIDE_SAMPLES
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RATE = 16000
-STRIDE = 9600
 MARKS = (1, 10, 30, 59, 60)
 
 
 async def _feed(client: ParastreamClient, session_id: str, minutes: int) -> None:
     for minute in range(minutes):
         pcm = synth_speechlike(60.0, seed=1000 + minute)
-        for start in range(0, len(pcm), RATE):
+        for start in range(0, len(pcm), SAMPLE_RATE):
             while True:
                 try:
-                    await client.append(session_id, pcm[start : start + RATE])
+                    await client.append(session_id, pcm[start : start + SAMPLE_RATE])
                     break
                 except httpx.HTTPStatusError as exc:
                     if exc.response.status_code != 429:
@@ -64,14 +63,14 @@ async def _measure(base_url: str, minutes: int) -> list[tuple[float, int, int]]:
 
 
 def _window(seen: list[tuple[float, int, int]], start_minute: int) -> dict[str, Any]:
-    lo, hi = (start_minute - 1) * 60 * RATE, start_minute * 60 * RATE
+    lo, hi = (start_minute - 1) * 60 * SAMPLE_RATE, start_minute * 60 * SAMPLE_RATE
     inside = [s for s in seen if lo <= s[1] < hi]
     if len(inside) < 2:
         return {}
-    strides = (inside[-1][1] - inside[0][1]) / STRIDE
+    strides = (inside[-1][1] - inside[0][1]) / STRIDE_SAMPLES
     partials = [s[2] for s in inside if s[2] > 40]  # progress events are ~30 bytes; partials carry text
     # Each announcement covers one stride; the median gap is robust to the odd pause (a collection, the OS).
-    gaps = [1000 * (b[0] - a[0]) * STRIDE / (b[1] - a[1]) for a, b in zip(inside, inside[1:]) if b[1] > a[1]]
+    gaps = [1000 * (b[0] - a[0]) * STRIDE_SAMPLES / (b[1] - a[1]) for a, b in zip(inside, inside[1:]) if b[1] > a[1]]
     return {
         "minute": start_minute,
         "ms_per_stride": round(1000 * (inside[-1][0] - inside[0][0]) / strides, 2),

@@ -42,15 +42,14 @@ import httpx
 import numpy as np
 
 from app.client import ParastreamClient, stream_pcm
-from engine.model_factory import KINDS, ensure_model
+from engine.model.factory import KINDS, ensure_model
 from engine.ring import list_segments, sweep_segments
+from engine.units import SAMPLE_RATE, STRIDE_SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 MODEL_CACHE = Path.home() / ".cache" / "parastream"
 MIB = 1024 * 1024
-SAMPLE_RATE = 16000
-STRIDE_SAMPLES = 9600  # the default chunk_size [0, 10, 5]: 600 ms per stride
 MIN_STRIDES = 6  # the encoder cache grows over the first 4 strides (encoder_chunk_look_back=4); sample after that
 PING_INTERVAL_S = 0.2
 GOAL_MIB = 100  # private memory allowed per worker beyond the first (large-random)
@@ -342,8 +341,8 @@ def probe(model_dir: str, sessions: int, strides: int) -> None:
     result: dict[str, Any] = {"start": memory_of(os.getpid())}
     import torch
 
-    from engine.funasr_adapter import StreamingModel
     from engine.messages import StreamOptions
+    from engine.model.adapter import StreamingModel
 
     torch.set_num_threads(1)
     result["imported"] = memory_of(os.getpid())
@@ -384,7 +383,7 @@ def conditions(model: str, model_dir: Path, workers: int, sessions: int, seconds
     mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git_commit": commit or "unknown",
         "cpu": cpu,
         "cores": len(os.sched_getaffinity(0)),

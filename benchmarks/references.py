@@ -17,10 +17,10 @@ def _compute(model_dir: str, clips: list[np.ndarray], precision: str, look_back:
     import torch
 
     from benchmarks.audio import to_float32
-    from engine.funasr_adapter import load_automodel
+    from benchmarks.funasr_loop import reference_transcript
     from engine.messages import StreamOptions
-    from engine.precision import set_precision
-    from engine.reference import reference_transcript
+    from engine.model.adapter import load_automodel
+    from engine.model.precision import set_precision
 
     torch.set_num_threads(1)
     automodel = load_automodel(model_dir, ncpu=1)

@@ -48,7 +48,7 @@ def git_commit() -> str:
 def write(result: dict[str, Any], out_dir: Path, name: str) -> list[Path]:
     result = {
         "name": name,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": git_commit(),
         "machine": machine(),
         "versions": versions(),
@@ -76,7 +76,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"- Model: `{Path(c['model_dir']).name}`; {c['distinct_clips']} distinct synthetic speech-like clips of "
         f"{c['clip_seconds']} s, streamed at real time in {c['frame_ms']} ms frames, clients staggered over one stride.",
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB. The load generator runs on the same cores.",
-        f"- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + f". Commit `{r['commit']}`, {r['date']}.",
+        "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + f". Commit `{r['commit']}`, {r['date']}.",
         "",
         f"> {r['note']}",
         "",

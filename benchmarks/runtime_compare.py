@@ -2,7 +2,7 @@
 
     python -m benchmarks.runtime_compare --model large-random    # writes results/runtime-<model>.{md,json}
 
-The encoder is ~80 % of a stride. Each candidate runs the same computation, `engine.onnx_encoder.EncoderStack`
+The encoder is ~80 % of a stride. Each candidate runs the same computation, `engine.model.onnx_encoder.EncoderStack`
 (FunASR's encoder layers over a padded batch, attention caches in and out) on the same inputs: B sessions, a
 15-frame chunk each, a full 40-frame key/value cache. Rounds alternate between the candidates, so a slow spell of
 this VM hits them all alike; each figure is the median of the rounds. One thread (a worker's share of a core).
@@ -10,7 +10,7 @@ this VM hits them all alike; each figure is the median of the rounds. One thread
 - `torch eager fp32`: PyTorch eager, FunASR's own modules (the `torch` backend's batched path).
 - `onnxruntime fp32`: the exported graph on ONNX Runtime (the `onnx` backend); the largest difference from eager
   in the encoder output is reported.
-- `torch eager int8`: `PARASTREAM_PRECISION=int8` (`engine.precision`: per-channel int8 weights, per-row
+- `torch eager int8`: `PARASTREAM_PRECISION=int8` (`engine.model.precision`: per-channel int8 weights, per-row
   activation scales); the relative L2 difference from fp32 is reported (a random model: a cost, not an accuracy).
 """
 
@@ -33,9 +33,9 @@ DEFAULT_BATCHES = (1, 2, 4, 8, 16)
 def compare(model_dir: Path, batches: list[int], rounds: int) -> dict[str, Any]:
     import torch
 
-    from engine import onnx_encoder
-    from engine.funasr_adapter import load_automodel
-    from engine.precision import set_precision
+    from engine.model import onnx_encoder
+    from engine.model.adapter import load_automodel
+    from engine.model.precision import set_precision
 
     torch.set_num_threads(1)
     encoder = load_automodel(str(model_dir)).model.encoder

@@ -22,8 +22,8 @@ def measure(model_dir: Path, strides: int) -> dict[str, object]:
     import torch
 
     from benchmarks.audio import synth_speechlike
-    from engine.funasr_adapter import StreamingModel
     from engine.messages import CloseSession, OpenSession, StreamOptions, StrideDone
+    from engine.model.adapter import StreamingModel
     from engine.ring import RingWriter
     from engine.worker.core import WorkerCore
 

@@ -30,7 +30,6 @@ from benchmarks.resources import descendants, role, smaps_rollup
 from benchmarks.systems import RunningSystem, SystemSpec, all_systems, usable_cores
 from engine.ring import list_segments
 
-
 # Descriptors a service opens once, lazily, after its first sessions (executor threads' pipes and the like). A leak
 # of even one descriptor per session would show as hundreds over a soak.
 FD_SLACK = 10
@@ -175,9 +174,9 @@ def _slope(points: Any) -> float:
 
 
 def write(result: dict[str, Any], out: Path, name: str) -> None:
-    from benchmarks.report import git_commit, machine, versions
-
     import matplotlib
+
+    from benchmarks.report import git_commit, machine, versions
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

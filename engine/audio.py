@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import InvalidAudio
+from engine.units import SAMPLE_RATE
 
-MODEL_SAMPLE_RATE = 16_000
-SUPPORTED_SAMPLE_RATES = (8_000, 16_000)
+SUPPORTED_SAMPLE_RATES = (8_000, SAMPLE_RATE)
 
 
 def check_pcm(body: bytes) -> int:

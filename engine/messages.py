@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-STRIDE_SAMPLES_PER_FRAME = 960  # one 60 ms LFR frame at 16 kHz; chunk_size[1] frames make one stride
+from engine.units import DEFAULT_CHUNK_SIZE, SAMPLES_PER_FRAME
 
 
 @dataclass(frozen=True)
@@ -26,14 +26,14 @@ class StreamOptions:
     the decoder FSMN keep in the cache.
     """
 
-    chunk_size: tuple[int, int, int] = (0, 10, 5)
+    chunk_size: tuple[int, int, int] = DEFAULT_CHUNK_SIZE
     encoder_chunk_look_back: int = 4
     decoder_chunk_look_back: int = 1
 
     @property
     def stride_samples(self) -> int:
         """Samples per stride: chunk_size[1] frames of 60 ms (9600 = 600 ms for the default)."""
-        return self.chunk_size[1] * STRIDE_SAMPLES_PER_FRAME
+        return self.chunk_size[1] * SAMPLES_PER_FRAME
 
 
 # --- API process -> worker -------------------------------------------------------------------------------------
@@ -166,13 +166,13 @@ class SessionFailed:
 
 @dataclass(frozen=True)
 class SessionDetached:
-    """The answer to `DetachSession`: the worker dropped the session at ring position `cursor` (what its snapshot
+    """The answer to `DetachSession`: the worker dropped the session at ring position `processed_pos` (what its snapshot
     covers; 0 if it had run no stride yet). Sent after every `StrideDone` of that session on the same connection, so
     when it arrives the API process has heard everything the old worker computed. A detach of a session the worker
     no longer has (it just finished or failed) gets no answer."""
 
     session_id: str
-    cursor: int
+    processed_pos: int
 
 
 FromWorker = Hello | WorkerReady | Pong | StrideDone | SessionFailed | SessionDetached
@@ -228,6 +228,5 @@ class HostConfig:
     address: str
     authkey: bytes = field(repr=False)
     max_batch: int = 1
-    batch_wait_s: float = 0.0
     precision: str = "fp32"
     backend: str = "torch"

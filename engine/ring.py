@@ -10,7 +10,7 @@ Byte layout of one segment (all integers little-endian, fields 8-byte aligned so
     8       8     capacity   ring size in samples (u64)
     16      8     write_pos  samples ever written (u64); only the writer (HTTP process) stores it
     24      8     read_pos   samples ever released (u64); only the reader (worker) stores it
-    32      8     snapshot   generation of the session's current snapshot segment (u64, 0 = none; engine.snapshot)
+    32      8     snapshot   generation of the session's current snapshot segment (u64, 0 = none; engine.worker.snapshot)
     40      24    reserved
     64      2*capacity  data: 16 kHz mono int16 samples; absolute sample p lives at 64 + 2 * (p % capacity)
 
@@ -21,7 +21,7 @@ stores become visible in program order, so a reader never sees a position ahead 
 
 When the ring is full: `RingWriter.write` refuses the whole append with `RingFull` (nothing is written, nothing is
 dropped); the HTTP layer turns that into `429` with `Retry-After`. The reader releases samples only after it has
-processed them *and* saved a snapshot of the session's state past them (`engine.snapshot`), so the ring always
+processed them *and* saved a snapshot of the session's state past them (`engine.worker.snapshot`), so the ring always
 holds every sample a replacement worker needs to replay after a crash, and the writer can never overwrite audio
 that a worker has yet to use.
 

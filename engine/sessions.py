@@ -13,11 +13,12 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 
 from engine.audio import Upsampler2x
+from engine.events import TERMINAL, Payload
 from engine.messages import StreamOptions
 from engine.ring import RingWriter
+from engine.units import SAMPLE_RATE
 
 
 class SessionState(str, Enum):
@@ -32,14 +33,14 @@ class SessionState(str, Enum):
         return self in (SessionState.OPEN, SessionState.CLOSING)
 
 
-TERMINAL_EVENTS = ("final", "error")
-
-
 @dataclass(frozen=True)
 class Event:
     id: int
-    type: str  # "partial" | "final" | "error"
-    data: dict[str, Any]
+    payload: Payload
+
+    @property
+    def terminal(self) -> bool:
+        return isinstance(self.payload, TERMINAL)
 
 
 @dataclass
@@ -47,7 +48,6 @@ class Session:
     id: str
     options: StreamOptions
     sample_rate: int
-    worker: int | None  # None while its worker is dead and it waits for another
     ring: RingWriter | None
     state: SessionState = SessionState.OPEN
     samples_received: int = 0  # at the client's sample rate
@@ -75,7 +75,7 @@ class Session:
     @property
     def samples_processed(self) -> int:
         """Processed audio at the client's rate (the worker counts 16 kHz samples)."""
-        return self.processed_pos * self.sample_rate // 16_000
+        return self.processed_pos * self.sample_rate // SAMPLE_RATE
 
     def add_stride(self, tokens: tuple[str, ...], text: str) -> None:
         self.tokens.extend(tokens)
@@ -91,8 +91,8 @@ class Session:
     def last_event_id(self) -> int:
         return self.dropped + len(self.events)
 
-    def emit(self, type_: str, data: dict[str, Any]) -> Event:
-        event = Event(self.last_event_id + 1, type_, data)
+    def emit(self, payload: Payload) -> Event:
+        event = Event(self.last_event_id + 1, payload)
         self.events.append(event)
         if len(self.events) > 2 * self.history:  # trim in batches: amortised O(1) per event
             cut = len(self.events) - self.history
@@ -113,7 +113,7 @@ class Session:
 
     @property
     def ended(self) -> bool:
-        return bool(self.events) and self.events[-1].type in TERMINAL_EVENTS
+        return bool(self.events) and self.events[-1].terminal
 
     async def events_after(self, last_id: int, processed_seen: int | None = None) -> list[Event]:
         """Events with id > last_id still in the log, waiting for at least one unless the log has ended. With
@@ -123,22 +123,3 @@ class Session:
                 break
             await self._changed.wait()
         return self.events[max(0, last_id - self.dropped) :]
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "state": self.state.value,
-            "sample_rate": self.sample_rate,
-            "chunk_size": list(self.options.chunk_size),
-            "encoder_chunk_look_back": self.options.encoder_chunk_look_back,
-            "decoder_chunk_look_back": self.options.decoder_chunk_look_back,
-            "samples_received": self.samples_received,
-            "samples_processed": self.samples_processed,
-            "worker": self.worker,
-            "text": self.text,
-            "tokens": len(self.tokens),
-            "events": self.last_event_id,
-            "close_reason": self.close_reason or None,
-            "restores": self.restores,
-            "migrations": self.migrations,
-        }

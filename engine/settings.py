@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.units import SAMPLE_RATE
+
 
 def default_workers() -> int:
     """One worker per usable core. GPU counting happens in the supervisor (it must not import torch here)."""
@@ -44,7 +46,7 @@ class Settings(BaseSettings):
         "fp32",
         description=(
             "fp32: FunASR's numbers (served tokens equal its loop). int8: per-channel int8 matmuls, cheaper, CPU only; "
-            "what it costs in accuracy is in benchmarks/results/accuracy-digits.md (engine/precision.py says how)."
+            "what it costs in accuracy is in benchmarks/results/accuracy-digits.md (engine/model/precision.py says how)."
         ),
     )
 
@@ -101,16 +103,6 @@ class Settings(BaseSettings):
         ge=1,
         description="Most sessions' strides one forward pass takes; 1 turns cross-session batching off.",
     )
-    batch_wait_ms: float = Field(
-        0.0,
-        ge=0,
-        description=(
-            "Longest a ready stride waits for other sessions' strides to join its forward pass (0: never; a pass "
-            "takes whatever is ready, so batches form whenever strides arrive during a pass). Adaptive when set: it "
-            "waits only when the worker could not keep up running strides one at a time, for a stride due before "
-            "the pass that could run now would finish, and never when the batch is full or a session is behind."
-        ),
-    )
 
     # --- load balancing ---
     rebalance_interval_s: float = Field(
@@ -138,4 +130,4 @@ class Settings(BaseSettings):
 
     @property
     def ring_capacity_samples(self) -> int:
-        return int(self.ring_seconds * 16_000)
+        return int(self.ring_seconds * SAMPLE_RATE)

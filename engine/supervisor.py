@@ -1,5 +1,8 @@
 """The supervisor: starts the model host, keeps one worker alive in every slot, and carries messages.
 
+It supervises processes and knows nothing of sessions: what it hears from workers goes to the `WorkerEvents` it
+is started with (the engine), which decides what the news means (engine/placement.py for where sessions live).
+
 It lives in the API process. Blocking socket I/O runs on small threads (an accept thread, and a reader and a writer
 per worker); everything they learn is handed to the event loop with `call_soon_threadsafe`, so all state changes
 happen on the loop thread and need no locks.
@@ -28,8 +31,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, Listener
+from typing import Protocol
 
 from engine.errors import EngineBootError
 from engine.messages import (
@@ -48,8 +52,8 @@ from engine.messages import (
     WorkerReady,
     WorkerSpawned,
 )
-from engine.model_host import host_main
 from engine.settings import Settings
+from engine.worker.host import host_main
 
 log = logging.getLogger(__name__)
 
@@ -72,60 +76,50 @@ class WorkerSlot:
     boot_failures: int = 0
     restarts: int = 0
     halted: bool = False
-    sessions: set[str] = field(default_factory=set)
 
-    def describe(self) -> dict[str, object]:
-        return {
-            "slot": self.index,
-            "pid": self.pid,
-            "generation": self.generation,
-            "device": self.device,
-            "cpus": list(self.cpus),
-            "ready": self.ready,
-            "halted": self.halted,
-            "restarts": self.restarts,
-            "sessions": len(self.sessions),
-            "cache_bytes": self.stats.cache_bytes if self.stats else None,
-            "worker_sessions": self.stats.sessions if self.stats else None,
-            "strides": self.stats.strides if self.stats else None,
-        }
+
+class WorkerEvents(Protocol):
+    """What the supervisor reports, on the event loop's thread."""
+
+    def on_worker_message(self, slot: int, msg: FromWorker) -> None: ...
+
+    def on_worker_lost(self, slot: int, why: str) -> None:
+        """The slot's worker died; its fate (respawned or halted) is already decided."""
+
+    def on_worker_ready(self, slot: int) -> None: ...
 
 
 class Supervisor:
-    def __init__(
-        self,
-        settings: Settings,
-        on_message: Callable[[int, FromWorker], None],
-        on_lost: Callable[[int, str], None],
-        on_ready: Callable[[int], None] = lambda slot: None,
-    ) -> None:
+    def __init__(self, settings: Settings) -> None:
+        # No side effects here (no files, no processes): `start` makes everything, so an unstarted supervisor is
+        # free to build and to drop.
         self.settings = settings
-        self._on_message = on_message
-        self._on_lost = on_lost
-        self._on_ready = on_ready
+        self._events: WorkerEvents | None = None
         self.slots: list[WorkerSlot] = []
         self.halt_reason: str | None = None
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tmpdir = tempfile.mkdtemp(prefix="parastream-")
-        self._address = os.path.join(self._tmpdir, "workers.sock")
-        self._authkey = secrets.token_bytes(32)
+        self._tmpdir: str | None = None
+        self._address = ""
+        self._authkey = b""
         self._listener: Listener | None = None
         self._host: multiprocessing.process.BaseProcess | None = None
         self._host_conn: Connection | None = None
         self._host_lock = threading.Lock()  # host_conn.send from the loop; the reader thread only receives
         self._ping_task: asyncio.Task[None] | None = None
         self._ping_seq = 0
-        self.host_load_s: float | None = None
 
     # --- start / stop -------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, events: WorkerEvents) -> None:
+        self._events = events
         self._loop = asyncio.get_running_loop()
+        self._tmpdir = tempfile.mkdtemp(prefix="parastream-")
+        self._address = os.path.join(self._tmpdir, "workers.sock")
+        self._authkey = secrets.token_bytes(32)
         self._listener = Listener(self._address, family="AF_UNIX", authkey=self._authkey, backlog=64)
         threading.Thread(target=self._accept_loop, name="parastream-accept", daemon=True).start()
         ready = await self._start_host()
-        self.host_load_s = ready.load_s
         self.slots = self._make_slots(ready.gpu_count)
         for slot in self.slots:
             self._spawn(slot)
@@ -161,7 +155,6 @@ class Supervisor:
             self._address,
             self._authkey,
             s.max_batch,
-            s.batch_wait_ms / 1000,
             s.precision,
             s.resolved_backend(),
         )
@@ -200,7 +193,7 @@ class Supervisor:
             await asyncio.sleep(0.05)
         for slot in self.slots:
             self._kill(slot)
-            self._detach(slot)
+            self._disconnect(slot)
         with contextlib.suppress(OSError), self._host_lock:
             if self._host_conn:
                 self._host_conn.send(Shutdown())
@@ -214,7 +207,8 @@ class Supervisor:
         if self._listener:
             with contextlib.suppress(OSError):
                 self._listener.close()
-        shutil.rmtree(self._tmpdir, ignore_errors=True)
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
 
     # --- state the engine reads ---------------------------------------------------------------------------
 
@@ -222,8 +216,15 @@ class Supervisor:
     def ready(self) -> bool:
         return bool(self.slots) and all(slot.ready for slot in self.slots)
 
-    def ready_slots(self) -> list[WorkerSlot]:
-        return [slot for slot in self.slots if slot.ready]
+    @property
+    def size(self) -> int:
+        return len(self.slots)
+
+    def ready_indices(self) -> list[int]:
+        return [slot.index for slot in self.slots if slot.ready]
+
+    def is_ready(self, slot: int) -> bool:
+        return 0 <= slot < len(self.slots) and self.slots[slot].ready
 
     @property
     def any_hope(self) -> bool:
@@ -243,9 +244,6 @@ class Supervisor:
         slot.outbox.put(msg)
         return True
 
-    def kill_worker(self, slot_index: int, sig: int = signal.SIGKILL) -> None:
-        self._kill(self.slots[slot_index], sig)
-
     # --- spawning and losing workers (loop thread) --------------------------------------------------------
 
     def _spawn(self, slot: WorkerSlot) -> None:
@@ -262,7 +260,7 @@ class Supervisor:
             return  # already handled for this incarnation
         was_ready = slot.ready
         self._kill(slot)
-        self._detach(slot)
+        self._disconnect(slot)
         slot.ready = False
         if self._stopping:
             return
@@ -278,14 +276,15 @@ class Supervisor:
         else:
             slot.restarts += 1
             self._spawn(slot)
-        self._on_lost(slot.index, why)  # after the slot's fate is known: its sessions go to whoever can take them
+        assert self._events is not None
+        self._events.on_worker_lost(slot.index, why)  # after the slot's fate is known: its sessions go to whoever can take them
 
     def _kill(self, slot: WorkerSlot, sig: int = signal.SIGKILL) -> None:
         if slot.pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(slot.pid, sig)
 
-    def _detach(self, slot: WorkerSlot) -> None:
+    def _disconnect(self, slot: WorkerSlot) -> None:
         if slot.outbox is not None:
             slot.outbox.put(None)  # stops the writer thread, which closes the connection
         slot.outbox = None
@@ -315,12 +314,14 @@ class Supervisor:
                 slot.ready = True
                 slot.boot_failures = 0
                 log.info("worker %d ready (pid %s, %s, cpus %s)", slot.index, slot.pid, msg.device, list(msg.cpus))
-                self._on_ready(slot.index)
+                assert self._events is not None
+                self._events.on_worker_ready(slot.index)
             case Pong():
                 slot.last_pong = time.monotonic()
                 slot.stats = msg
             case _:
-                self._on_message(slot_index, msg)
+                assert self._events is not None
+                self._events.on_worker_message(slot_index, msg)
 
     def _host_event(self, msg: object) -> None:
         match msg:

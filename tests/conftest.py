@@ -15,7 +15,7 @@ CACHE = Path(os.environ.get("PARASTREAM_TEST_CACHE", Path.home() / ".cache" / "p
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """A deterministic random-weight tiny streaming Paraformer (seed 0), built on first use."""
-    from engine.model_factory import ensure_model
+    from engine.model.factory import ensure_model
 
     return ensure_model("tiny-random", CACHE)
 
@@ -24,7 +24,7 @@ def tiny_model_dir() -> Path:
 def model_dir(tiny_model_dir: Path) -> Path:
     """The model the end-to-end exactness tests serve: tiny-random, or PARASTREAM_TEST_MODEL=large-random for the
     one-off run with the real architecture's size (recorded in docs/, too slow for every CI run)."""
-    from engine.model_factory import ensure_model
+    from engine.model.factory import ensure_model
 
     kind = os.environ.get("PARASTREAM_TEST_MODEL", "tiny-random")
     return tiny_model_dir if kind == "tiny-random" else ensure_model(kind, CACHE)

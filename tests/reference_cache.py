@@ -12,14 +12,13 @@ from engine.messages import StreamOptions
 
 @functools.lru_cache(maxsize=4)
 def _automodel(model_dir: str):  # noqa: ANN202 - a FunASR AutoModel
-    from engine.funasr_adapter import load_automodel
+    from engine.model.loading import load_automodel
 
     return load_automodel(model_dir)
 
 
 def reference_tokens(model_dir: Path, pcm: np.ndarray, options: StreamOptions = StreamOptions()) -> list[str]:
-    from engine.reference import reference_transcript
-
+    from benchmarks.funasr_loop import reference_transcript
     from tests.audio import to_float32
 
     tokens, _text = reference_transcript(_automodel(str(model_dir)), to_float32(pcm), options)

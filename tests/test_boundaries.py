@@ -1,4 +1,6 @@
-"""Architecture rules: app/ never imports torch or funasr; engine/ never imports the web stack."""
+"""Architecture rules: app/ never imports torch or funasr, nor benchmarks/; engine/ never imports the web stack; the
+engine's API-side modules (everything outside engine/model/, engine/worker/ and engine/training/) never import
+torch or funasr, even lazily; wire formats live in app/."""
 
 from __future__ import annotations
 
@@ -26,6 +28,22 @@ def _imports(package: str) -> dict[str, set[str]]:
 def test_app_never_imports_torch_or_funasr() -> None:
     for path, names in _imports("app").items():
         assert not names & {"torch", "funasr", "torchaudio"}, path
+
+
+def test_app_never_imports_benchmarks() -> None:
+    for path, names in _imports("app").items():
+        assert "benchmarks" not in names, path
+
+
+# The modules that run in the model host and the workers, where torch and funasr belong.
+MODEL_SIDE = ("engine/model/", "engine/worker/", "engine/training/")
+
+
+def test_api_side_engine_modules_never_import_torch_or_funasr() -> None:
+    api_side = {path: names for path, names in _imports("engine").items() if not path.startswith(MODEL_SIDE)}
+    assert "engine/service.py" in api_side and "engine/placement.py" in api_side
+    for path, names in api_side.items():
+        assert not names & {"torch", "funasr", "torchaudio", "onnxruntime"}, path
 
 
 def test_engine_never_imports_the_web_stack() -> None:

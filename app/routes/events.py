@@ -16,11 +16,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header
+from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.deps import get_engine, get_settings
 from app.errors import HTTPError
 from app.routes.sessions import ERRORS
+from app.schemas import GapData, ProgressData, TranscriptEvent, event_data
+from engine.events import Final, Partial
 from engine.service import Engine
 from engine.sessions import Session
 from engine.settings import Settings
@@ -30,7 +33,14 @@ router = APIRouter(prefix="/v1/sessions", tags=["events"])
 
 @router.get(
     "/{session_id}/events",
-    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "partial, final, error events"}},
+    responses={
+        **ERRORS,
+        200: {
+            "model": TranscriptEvent,
+            "content": {"text/event-stream": {}},
+            "description": "partial, final, error (and progress, gap) events; the model is each event's `data:`",
+        },
+    },
 )
 async def session_events(
     session_id: str,
@@ -59,17 +69,24 @@ def _parse_last_event_id(value: str | None) -> int:
 async def _stream(session: Session, after: int, progress: bool) -> AsyncIterator[ServerSentEvent]:
     seen = session.samples_processed if progress else None
     if after < session.dropped:  # say plainly that part of what the client asks for is gone
-        gap = {"code": "history_lost", "missed": session.dropped - after, "first_available_id": session.dropped + 1}
-        yield ServerSentEvent(json.dumps(gap), event="gap")
+        gap = GapData(missed=session.dropped - after, first_available_id=session.dropped + 1)
+        yield ServerSentEvent(_json(gap), event="gap")
     while True:
         events = await session.events_after(after, seen)
         for event in events:
-            yield ServerSentEvent(json.dumps(event.data, ensure_ascii=False), event=event.type, id=str(event.id))
-            seen = event.data.get("samples_processed", seen) if progress else None
+            kind, data = event_data(event.payload)
+            yield ServerSentEvent(_json(data), event=kind, id=str(event.id))
+            if progress and isinstance(event.payload, (Partial, Final)):
+                seen = event.payload.samples_processed
         if events:
             after = events[-1].id
         if session.ended and after >= session.last_event_id:
             return
         if progress and session.samples_processed != seen:
             seen = session.samples_processed
-            yield ServerSentEvent(json.dumps({"samples_processed": seen}), event="progress")
+            yield ServerSentEvent(_json(ProgressData(samples_processed=seen)), event="progress")
+
+
+def _json(data: BaseModel) -> str:
+    # Text as UTF-8, not \u escapes: a partial's text is most of its bytes, and CJK escaped is three times larger.
+    return json.dumps(data.model_dump(), ensure_ascii=False)

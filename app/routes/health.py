@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import get_engine
+from app.schemas import Readiness, WorkerInfo
 from engine.service import Engine
 
 router = APIRouter(tags=["health"])
@@ -23,19 +24,19 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(engine: Annotated[Engine, Depends(get_engine)]) -> JSONResponse:
     """200 when every worker has loaded its model and the service takes sessions; 503 otherwise."""
-    body = {
-        "ready": engine.ready,
-        "workers": [slot.describe() for slot in engine.supervisor.slots],
-        "reason": engine.supervisor.halt_reason,
-    }
+    body = Readiness(ready=engine.ready, workers=_workers(engine), reason=engine.halt_reason)
     headers = None if engine.ready else {"Retry-After": "2"}
-    return JSONResponse(body, status_code=200 if engine.ready else 503, headers=headers)
+    return JSONResponse(body.model_dump(), status_code=200 if engine.ready else 503, headers=headers)
 
 
 @router.get("/v1/workers")
-async def workers(engine: Annotated[Engine, Depends(get_engine)]) -> list[dict[str, object]]:
+async def workers(engine: Annotated[Engine, Depends(get_engine)]) -> list[WorkerInfo]:
     """Each worker slot: pid, device, cores, sessions placed, and the cache bytes it last reported."""
-    return [slot.describe() for slot in engine.supervisor.slots]
+    return _workers(engine)
+
+
+def _workers(engine: Engine) -> list[WorkerInfo]:
+    return [WorkerInfo.from_view(view) for view in engine.workers()]
 
 
 @router.get("/metrics")

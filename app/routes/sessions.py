@@ -21,16 +21,17 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 @router.post("", status_code=201, response_model=SessionInfo, responses=ERRORS)
-async def create_session(engine: EngineDep, body: Annotated[SessionCreate | None, Body()] = None) -> dict[str, object]:
+async def create_session(engine: EngineDep, body: Annotated[SessionCreate | None, Body()] = None) -> SessionInfo:
     """Open a session on the least-loaded worker. 503 with Retry-After when PARASTREAM_MAX_SESSIONS are open."""
     body = body or SessionCreate()
     options = validate_options(body.chunk_size, body.encoder_chunk_look_back, body.decoder_chunk_look_back)
-    return engine.create_session(body.sample_rate, options).describe()
+    session = engine.create_session(body.sample_rate, options)
+    return SessionInfo.from_view(engine.view(session.id))
 
 
 @router.get("/{session_id}", response_model=SessionInfo, responses=ERRORS)
-async def get_session(session_id: str, engine: EngineDep) -> dict[str, object]:
-    return engine.get(session_id).describe()
+async def get_session(session_id: str, engine: EngineDep) -> SessionInfo:
+    return SessionInfo.from_view(engine.view(session_id))
 
 
 @router.post(
@@ -67,9 +68,10 @@ async def append_audio(
 
 
 @router.post("/{session_id}/close", response_model=SessionInfo, responses=ERRORS)
-async def close_session(session_id: str, engine: EngineDep) -> dict[str, object]:
+async def close_session(session_id: str, engine: EngineDep) -> SessionInfo:
     """Flush the remaining audio with is_final; a `final` event follows on the event stream."""
-    return engine.close(session_id).describe()
+    engine.close(session_id)
+    return SessionInfo.from_view(engine.view(session_id))
 
 
 @router.post("/{session_id}/migrate", status_code=202, response_model=MigrateResult, responses=ERRORS)
@@ -80,7 +82,7 @@ async def migrate_session(
     not change). 202: the move has started; GET shows the new `worker` once it is done. 409 `migration_in_flight`
     while another move is under way, 409 `session_not_open` unless open, 422 `invalid_worker`."""
     body = body or MigrateRequest()
-    source = engine.get(session_id).worker
+    source = engine.view(session_id).worker
     target = engine.start_migration(session_id, body.worker)
     return {"id": session_id, "from_worker": source, "worker": target}
 

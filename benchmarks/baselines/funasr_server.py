@@ -8,7 +8,7 @@ events, /readyz, /healthz), so the same load generator drives it. Two modes:
   several sessions decode at once. A session's strides still run in order, one at a time (one consumer task per
   session awaits each call before the next), so any wrong text comes from FunASR itself: ``AutoModel.inference``
   writes each call's ``cache``/``is_final`` into the instance-wide ``self.kwargs`` and reads them back, and a
-  concurrent call from another session can swap them in between (see engine/funasr_adapter.py). This baseline
+  concurrent call from another session can swap them in between (see engine/model/adapter.py). This baseline
   must exhibit that bug; it does not work around it.
 * ``sequential``: one process, one model, each stride's ``generate()`` called inline in the event loop, strictly
   one at a time: the simplest correct server. FunASR's own runtime/python/websocket/funasr_wss_server.py (online
@@ -39,8 +39,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-STRIDE = 9600  # samples per 600 ms stride: chunk_size[1] (10 LFR frames) * 960
-# FunASR's documented streaming recipe (and engine.reference's): 600 ms strides, 300 ms look-ahead.
+from engine.units import STRIDE_SAMPLES
+
+# FunASR's documented streaming recipe (and benchmarks.funasr_loop's): 600 ms strides, 300 ms look-ahead.
 GENERATE_OPTS: dict[str, Any] = {"chunk_size": [0, 10, 5], "encoder_chunk_look_back": 4, "decoder_chunk_look_back": 1}
 TERMINAL = ("final", "error")
 
@@ -104,7 +105,7 @@ class Baseline:
 
     def load(self) -> None:
         # Imported here (torch + funasr take ~7.5 s) so /healthz answers while the model loads.
-        from engine.funasr_adapter import load_automodel
+        from engine.model.adapter import load_automodel
 
         self.automodel = load_automodel(self.model_dir, ncpu=self.ncpu)  # dither 0: comparable with the reference
 
@@ -219,9 +220,9 @@ def build_app(b: Baseline) -> FastAPI:
         s.pending += body
         s.received += len(body) // 2
         # Every full stride is queued non-final at once, in order; the remainder waits for more audio or close.
-        while len(s.pending) >= 2 * STRIDE:
-            s.queue.put_nowait((pcm_to_float(s.pending[: 2 * STRIDE]), False))
-            del s.pending[: 2 * STRIDE]
+        while len(s.pending) >= 2 * STRIDE_SAMPLES:
+            s.queue.put_nowait((pcm_to_float(s.pending[: 2 * STRIDE_SAMPLES]), False))
+            del s.pending[: 2 * STRIDE_SAMPLES]
         return {"id": s.id, "samples_received": s.received}
 
     @app.post("/v1/sessions/{session_id}/close")

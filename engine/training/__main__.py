@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.training import dataset, synth
+from engine.units import SAMPLE_RATE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +90,7 @@ def _write_wav(path: Path, pcm: np.ndarray) -> None:
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
-        w.setframerate(synth.SAMPLE_RATE)
+        w.setframerate(SAMPLE_RATE)
         w.writeframes(pcm.astype("<i2").tobytes())
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import model_factory
+from engine.model import factory as model_factory
 from engine.training import synth
 
 # The trained model's own frontend settings (dither 0); CMVN is left out here and applied by the trainer.

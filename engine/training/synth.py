@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from engine.units import SAMPLE_RATE
+
 VOICE = "cmn-latn-pinyin"
 DIGITS = "零一二三四五六七八九"
 PINYIN: dict[str, str] = dict(zip(DIGITS, "ling2 yi1 er4 san1 si4 wu3 liu4 qi1 ba1 jiu3".split()))

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import model_factory
+from engine.model import factory as model_factory
 from engine.training import synth
 from engine.training.dataset import ClipSet
 
@@ -186,10 +186,10 @@ def write_model_dir(out_dir: Path, conf: dict[str, Any], model: Any, shift: np.n
 
 
 def streaming_cer(model_dir: Path, clips: list[tuple[str, np.ndarray]], threads: int = 2) -> tuple[float, list[str]]:
-    """CER of FunASR's own streaming loop (``engine.reference``) over ``(text, int16 pcm)`` clips."""
-    from engine.funasr_adapter import load_automodel
+    """CER of FunASR's own streaming loop (``benchmarks.funasr_loop``) over ``(text, int16 pcm)`` clips."""
+    from benchmarks.funasr_loop import reference_transcript
     from engine.messages import StreamOptions
-    from engine.reference import reference_transcript
+    from engine.model.loading import load_automodel
     from engine.training.cer import cer
 
     automodel = load_automodel(str(model_dir), ncpu=threads)

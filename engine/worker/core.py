@@ -32,16 +32,15 @@ from engine.messages import (
     StrideDone,
 )
 from engine.ring import RingReader
-from engine.snapshot import SnapshotStore
+from engine.worker.snapshot import SnapshotStore
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000  # what the rings hold (the API resamples 8 kHz)
 PCM_SCALE = 1.0 / 32768.0  # int16 -> float32 in [-1, 1), the scale soundfile gives FunASR's own demo
 
 
 class StreamModel(Protocol):
-    """What the core needs from a model; `engine.funasr_adapter.StreamingModel` is the real one."""
+    """What the core needs from a model; `engine.model.adapter.StreamingModel` is the real one."""
 
     def new_cache(self, opts: StreamOptions) -> dict[str, Any]: ...
 
@@ -61,14 +60,14 @@ def pcm_to_float(pcm: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class SessionState:
+class HeldSession:
     session_id: str
     ring: RingReader
     snapshots: SnapshotStore
     options: StreamOptions
     cache: dict[str, Any]
-    cursor: int = 0  # absolute ring position processed up to
-    end_pos: int | None = None  # set by close: the final step runs on [cursor, end_pos)
+    processed_pos: int = 0  # absolute ring position processed up to
+    end_pos: int | None = None  # set by close: the final step runs on [processed_pos, end_pos)
     close_reason: str = ""
     tokens: list[str] = field(default_factory=list)
 
@@ -76,29 +75,25 @@ class SessionState:
         """(samples, is_final) of the step this session can run now, or None if it must wait for audio."""
         stride = self.options.stride_samples
         limit = write_pos if self.end_pos is None else min(write_pos, self.end_pos)
-        if limit - self.cursor >= stride:
+        if limit - self.processed_pos >= stride:
             return stride, False
         if self.end_pos is not None and write_pos >= self.end_pos:
-            return self.end_pos - self.cursor, True
+            return self.end_pos - self.processed_pos, True
         return None
 
 
 class WorkerCore:
-    """`max_batch`: most sessions one forward pass takes (1: no batching). `batch_wait_s`: longest a ready stride
-    may wait for others to join its batch (see `batch_delay`)."""
+    """`max_batch`: most sessions one forward pass takes (1: no batching)."""
 
-    def __init__(self, model: StreamModel, max_batch: int = 1, batch_wait_s: float = 0.0) -> None:
+    def __init__(self, model: StreamModel, max_batch: int = 1) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.model = model
         self.max_batch = max_batch
-        self.batch_wait_s = batch_wait_s
-        self.sessions: dict[str, SessionState] = {}
+        self.sessions: dict[str, HeldSession] = {}
         self.strides = 0
         self.batches = 0
         self._turn: str | None = None  # the session served last: the next batch starts after it
-        self._wait_deadline: float | None = None
-        self._forward_s: dict[int, float] = {}  # batch size -> moving average of its forward pass, seconds
 
     # --- messages in ---------------------------------------------------------------------------------------
 
@@ -111,11 +106,11 @@ class WorkerCore:
             # The session was aborted before we got here; nothing to do but say so.
             return [SessionFailed(msg.session_id, f"audio ring unavailable: {exc}")]
         store = SnapshotStore(ring)
-        state = SessionState(msg.session_id, ring, store, msg.options, self.model.new_cache(msg.options))
+        state = HeldSession(msg.session_id, ring, store, msg.options, self.model.new_cache(msg.options))
         self.sessions[msg.session_id] = state
         return self._restore(state, msg) if isinstance(msg, RestoreSession) else []
 
-    def _restore(self, state: SessionState, msg: RestoreSession) -> list[FromWorker]:
+    def _restore(self, state: HeldSession, msg: RestoreSession) -> list[FromWorker]:
         """Take over from the last snapshot; report what the dead worker computed but never sent.
 
         The worker sends each stride's result right after its snapshot, so the snapshot is at most that one stride
@@ -129,9 +124,9 @@ class WorkerCore:
         state.end_pos, state.close_reason = msg.end_pos, msg.close_reason
         if snapshot is None:
             return []
-        state.cache, state.cursor = snapshot.cache, snapshot.cursor
+        state.cache, state.processed_pos = snapshot.cache, snapshot.processed_pos
         unreported = snapshot.token_count - len(msg.tokens)
-        ahead = state.cursor > msg.processed_pos
+        ahead = state.processed_pos > msg.processed_pos
         if not (0 <= unreported <= len(snapshot.last_tokens) and (ahead or unreported == 0)):
             self._drop(msg.session_id)
             return [SessionFailed(msg.session_id, "snapshot does not follow from the tokens already reported")]
@@ -139,7 +134,7 @@ class WorkerCore:
             return []
         missed = snapshot.last_tokens[len(snapshot.last_tokens) - unreported :]
         state.tokens.extend(missed)
-        return [StrideDone(msg.session_id, state.cursor, tuple(missed), self.model.text(list(missed)))]
+        return [StrideDone(msg.session_id, state.processed_pos, tuple(missed), self.model.text(list(missed)))]
 
     def close(self, msg: CloseSession) -> list[FromWorker]:
         state = self.sessions.get(msg.session_id)
@@ -154,77 +149,21 @@ class WorkerCore:
 
     def detach(self, msg: DetachSession) -> list[FromWorker]:
         """Let the session go to another worker. Messages are applied between strides, and every non-final stride
-        ends with a snapshot of (cursor, tokens, cache), so that snapshot is the whole state (no stride yet: no
-        snapshot, cursor 0, and the new worker starts fresh). `_drop` only closes our handles: the ring and the
+        ends with a snapshot of (processed_pos, tokens, cache), so that snapshot is the whole state (no stride yet: no
+        snapshot, processed_pos 0, and the new worker starts fresh). `_drop` only closes our handles: the ring and the
         snapshot segment stay for the new worker. An unknown id (it just finished, failed or was aborted; its final
         StrideDone went out before) gets no answer."""
         state = self.sessions.get(msg.session_id)
         if state is None:
             return []
-        cursor = state.cursor
+        processed_pos = state.processed_pos
         self._drop(msg.session_id)
-        return [SessionDetached(msg.session_id, cursor)]
+        return [SessionDetached(msg.session_id, processed_pos)]
 
     # --- work ----------------------------------------------------------------------------------------------
 
     def has_work(self) -> bool:
         return any(s.next_step(s.ring.write_pos) is not None for s in self.sessions.values())
-
-    def batch_delay(self, now: float) -> float:
-        """Seconds worth waiting before the next forward pass so that more sessions' strides join it; 0: run now.
-
-        Waiting delays the strides that are ready, so it pays only when the worker could not keep up running strides
-        one at a time: then a stride that arrives while a pass runs waits for that pass *and* its own, and one pass
-        for both costs less than two. So it waits only when all of these hold:
-
-        * the worker is loaded: its open sessions, each a stride per stride period at the measured cost of a
-          one-session pass, would keep it busy all the time. At light load it never waits (one stream, or a few
-          that fit comfortably, pay nothing);
-        * the batch has room, and nobody is behind (a second stride already buffered means waiting only adds to
-          the backlog);
-        * another session's stride is due before the pass that could run now would finish (its measured cost),
-          judging by the samples it still lacks at the real-time rate; and at most `batch_wait_s`, counted from
-          when waiting started, so a trickle of almost-ready sessions cannot postpone a pass indefinitely."""
-        if self.batch_wait_s <= 0 or self.max_batch <= 1:
-            return 0.0
-        ready, open_sessions, soonest = 0, 0, float("inf")
-        stride_s = 0.0
-        for state in self.sessions.values():
-            write_pos = state.ring.write_pos
-            step = state.next_step(write_pos)
-            stride = state.options.stride_samples
-            stride_s = max(stride_s, stride / SAMPLE_RATE)
-            if state.end_pos is None:
-                open_sessions += 1
-            if step is not None:
-                ready += 1
-                if not step[1] and write_pos - state.cursor >= 2 * stride:
-                    return self._stop_waiting()  # behind: run now
-            elif state.end_pos is None:
-                soonest = min(soonest, (state.cursor + stride - write_pos) / SAMPLE_RATE)
-        single = self.forward_estimate(1)
-        loaded = single > 0 and open_sessions * single >= stride_s
-        window = min(self.batch_wait_s, self.forward_estimate(ready))
-        if ready == 0 or ready >= self.max_batch or not loaded or soonest > window:
-            return self._stop_waiting()
-        if self._wait_deadline is None:
-            self._wait_deadline = now + window
-        return max(0.0, self._wait_deadline - now)
-
-    def record_forward(self, batch: int, seconds: float) -> None:
-        """Learn what a forward pass of `batch` sessions costs on this worker (a moving average per size)."""
-        old = self._forward_s.get(batch)
-        self._forward_s[batch] = seconds if old is None else 0.8 * old + 0.2 * seconds
-
-    def forward_estimate(self, batch: int) -> float:
-        """The cost of a pass of `batch` sessions: measured for that size, else for the largest smaller size seen
-        (0 before any pass: nothing is known, so nothing is worth waiting for)."""
-        sizes = [size for size in self._forward_s if size <= batch]
-        return self._forward_s[max(sizes)] if sizes else 0.0
-
-    def _stop_waiting(self) -> float:
-        self._wait_deadline = None
-        return 0.0
 
     def run_once(self) -> list[FromWorker]:
         """One step for every session that can take one, in batches of at most `max_batch`."""
@@ -251,9 +190,8 @@ class WorkerCore:
 
     def _run(self, session_ids: list[str]) -> list[FromWorker]:
         """Run one step for each session as one batch, then snapshot, release and report each of them."""
-        self._wait_deadline = None
         out: list[FromWorker] = []
-        work: list[tuple[SessionState, int, bool, np.ndarray]] = []
+        work: list[tuple[HeldSession, int, bool, np.ndarray]] = []
         for session_id in session_ids:
             state = self.sessions[session_id]
             step = state.next_step(state.ring.write_pos)
@@ -261,7 +199,7 @@ class WorkerCore:
                 continue
             n, is_final = step
             try:
-                work.append((state, n, is_final, pcm_to_float(state.ring.read(state.cursor, n))))
+                work.append((state, n, is_final, pcm_to_float(state.ring.read(state.processed_pos, n))))
             except Exception as exc:  # a ring that vanished or was corrupted fails its own session only
                 out.append(self._fail(session_id, exc))
         if not work:
@@ -287,7 +225,6 @@ class WorkerCore:
                     out.extend(self._run([state.session_id]))
             return out
         compute_s = time.perf_counter() - started
-        self.record_forward(len(work), compute_s)
         self.strides += len(work)
         self.batches += 1
         for (state, n, is_final, _), tokens in zip(work, results):
@@ -295,23 +232,23 @@ class WorkerCore:
         return out
 
     def _finish_step(
-        self, state: SessionState, n: int, is_final: bool, tokens: list[str], compute_s: float, batch_size: int
+        self, state: HeldSession, n: int, is_final: bool, tokens: list[str], compute_s: float, batch_size: int
     ) -> FromWorker:
-        state.cursor += n
+        state.processed_pos += n
         state.tokens.extend(tokens)
         snapshot_s = 0.0
         if not is_final:
             # Snapshot first, release second: until the snapshot covers them, a replacement needs these samples.
             # (The final step needs no snapshot: after a crash it is simply run again from the last one.)
             saved = time.perf_counter()
-            state.snapshots.save(state.cursor, len(state.tokens), tuple(tokens), state.cache)
+            state.snapshots.save(state.processed_pos, len(state.tokens), tuple(tokens), state.cache)
             snapshot_s = time.perf_counter() - saved
-            state.ring.release(state.cursor)
+            state.ring.release(state.processed_pos)
         # Per-stride work must not grow with the session's age: the stride's own text, and the whole transcript
         # only once, on the final.
         msg = StrideDone(
             state.session_id,
-            state.cursor,
+            state.processed_pos,
             tuple(tokens),
             self.model.text(tokens) if tokens else "",
             transcript=self.model.text(state.tokens) if is_final else "",
@@ -325,7 +262,7 @@ class WorkerCore:
             self._drop(state.session_id)
         return msg
 
-    def _rewind(self, state: SessionState) -> None:
+    def _rewind(self, state: HeldSession) -> None:
         """Put a session back to its last snapshot (a fresh cache if it has none: it had run no stride)."""
         try:
             snapshot = state.snapshots.load()
@@ -337,7 +274,7 @@ class WorkerCore:
             state.cache = self.model.new_cache(state.options)
         else:
             state.cache = snapshot.cache
-            state.cursor = snapshot.cursor
+            state.processed_pos = snapshot.processed_pos
             del state.tokens[snapshot.token_count :]
 
     def _fail(self, session_id: str, exc: BaseException | None) -> FromWorker:

@@ -1,6 +1,6 @@
 """The worker process: a thin I/O loop around `WorkerCore`.
 
-A worker is forked by the model host (`engine.model_host`) with the model already in memory, pins itself to its
+A worker is forked by the model host (`engine.worker.host`) with the model already in memory, pins itself to its
 core (or moves the model to its GPU), dials the API process back over a `multiprocessing.connection` socket, and
 then loops. It exits when that socket closes: the API process is gone, so nobody is left to serve.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from multiprocessing.connection import Client, Connection
 
 from engine.messages import (
@@ -20,8 +19,8 @@ from engine.messages import (
     Hello,
     OpenSession,
     Ping,
-    RestoreSession,
     Pong,
+    RestoreSession,
     Shutdown,
     ToWorker,
     WorkerReady,
@@ -43,9 +42,8 @@ def serve(conn: Connection, core: WorkerCore, ready: WorkerReady) -> None:
     """Run until the API process hangs up or says Shutdown."""
     conn.send(ready)
     while True:
-        # 1. Block for a message when no session has a stride ready; when some have, wait only as long as the
-        #    batch policy says more strides are due to join them (usually 0: just drain what is there).
-        timeout = core.batch_delay(time.monotonic()) if core.has_work() else IDLE_POLL_S
+        # 1. Block for a message when no session has a stride ready; when some have, just drain what is there.
+        timeout = 0.0 if core.has_work() else IDLE_POLL_S
         try:
             while conn.poll(timeout):
                 timeout = 0.0
@@ -54,10 +52,7 @@ def serve(conn: Connection, core: WorkerCore, ready: WorkerReady) -> None:
                     return
         except (EOFError, OSError):
             return  # the API process is gone
-        # 3. A wake-up may have brought the awaited strides, or more are due: look again before computing.
-        if core.batch_delay(time.monotonic()) > 0:
-            continue
-        # 4. One forward pass over the ready sessions (at most max_batch of them, round robin), then report.
+        # 3. One forward pass over the ready sessions (at most max_batch of them, round robin), then report.
         for msg in core.run_batch():
             try:
                 conn.send(msg)

@@ -6,7 +6,6 @@ import asyncio
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from app.client import ParastreamClient

@@ -16,8 +16,8 @@ import pytest
 from app.client import ParastreamClient
 from benchmarks.resources import descendants
 from tests.audio import synth_speechlike
+from tests.harness import CLEAN_EXIT, ROOT, ServiceProcess, alive, free_port, segments_of, wait_for
 from tests.reference_cache import reference_tokens
-from tests.harness import CLEAN_EXIT, alive, ROOT, ServiceProcess, free_port, segments_of, wait_for
 
 PCM = {"Content-Type": "application/octet-stream"}
 

@@ -19,7 +19,7 @@ import pytest
 from app.client import ParastreamClient, TranscriptEvent
 from engine.ring import list_segments
 from tests.audio import synth_speechlike
-from tests.harness import CLEAN_EXIT, alive, ServiceProcess, segments_of, wait_for
+from tests.harness import CLEAN_EXIT, ServiceProcess, alive, segments_of, wait_for
 from tests.reference_cache import reference_tokens
 
 PCM = {"Content-Type": "application/octet-stream"}

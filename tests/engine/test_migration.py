@@ -7,7 +7,6 @@ and the ring, as the engine does when it rebalances: the tokens must be FunASR's
 from __future__ import annotations
 
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,7 @@ STRIDE = StreamOptions().stride_samples
 @pytest.fixture(scope="module")
 def cores(tiny_model_dir: Path) -> tuple[WorkerCore, WorkerCore]:
     """Two workers' cores. They share one loaded model, as forked workers share the host's weights."""
-    from engine.funasr_adapter import StreamingModel
+    from engine.model.adapter import StreamingModel
 
     model = StreamingModel.load(str(tiny_model_dir))
     return WorkerCore(model), WorkerCore(model)
@@ -150,8 +149,15 @@ class FakeSupervisor:
     def any_hope(self) -> bool:
         return any(not slot.halted for slot in self.slots)
 
-    def ready_slots(self) -> list[WorkerSlot]:
-        return [slot for slot in self.slots if slot.ready]
+    @property
+    def size(self) -> int:
+        return len(self.slots)
+
+    def ready_indices(self) -> list[int]:
+        return [slot.index for slot in self.slots if slot.ready]
+
+    def is_ready(self, slot: int) -> bool:
+        return 0 <= slot < len(self.slots) and self.slots[slot].ready
 
     def send(self, slot_index: int | None, msg: object) -> bool:
         if slot_index is None:
@@ -169,9 +175,7 @@ def make_engine():
     made: list[Engine] = []
 
     def make(slots: int, **settings: object) -> Engine:
-        engine = Engine(Settings(_env_file=None, **settings))
-        shutil.rmtree(engine.supervisor._tmpdir, ignore_errors=True)  # the real one is never started
-        engine.supervisor = FakeSupervisor(slots)  # type: ignore[assignment]
+        engine = Engine(Settings(_env_file=None, **settings), supervisor=FakeSupervisor(slots))  # type: ignore[arg-type]
         engine.accepting = True
         made.append(engine)
         return engine
@@ -207,14 +211,14 @@ def test_engine_move_detaches_then_restores_and_is_no_crash_restore(make_engine)
     assert not engine.migrate(a.id, 1)
     engine.append(a.id, PCM)  # into the ring; nobody is woken while it moves
     assert sup.take() == []
-    assert a.worker == 0 and a.id in sup.slots[0].sessions  # the old worker's until it says it let go
-    engine._on_worker_message(0, StrideDone(a.id, 9600, ("x",), "x"))  # its last stride, then the answer
-    engine._on_worker_message(0, SessionDetached(a.id, 9600))
+    assert engine.placement.worker(a.id) == 0 and a.id in engine.placement.sessions_on(0)  # the old worker's until it says it let go
+    engine.on_worker_message(0, StrideDone(a.id, 9600, ("x",), "x"))  # its last stride, then the answer
+    engine.on_worker_message(0, SessionDetached(a.id, 9600))
     assert sup.take() == [(2, RestoreSession(a.id, a.ring.name, a.options, 9600, ("x",), None, ""))]
-    assert a.worker == 2 and a.id in sup.slots[2].sessions and a.id not in sup.slots[0].sessions
+    assert engine.placement.worker(a.id) == 2 and a.id in engine.placement.sessions_on(2) and a.id not in engine.placement.sessions_on(0)
     assert (a.restores, a.migrations, a.tokens) == (0, 1, ["x"])
     assert _migrated("manual") == before + 1
-    engine._on_worker_message(0, StrideDone(a.id, 19200, ("y",), "xy"))  # anything late from the old worker: dropped
+    engine.on_worker_message(0, StrideDone(a.id, 19200, ("y",), "xy"))  # anything late from the old worker: dropped
     assert a.tokens == ["x"]
     engine.append(a.id, PCM)
     assert sup.take() == [(2, AudioReady(a.id))]
@@ -229,14 +233,14 @@ def test_engine_close_and_abort_while_moving(make_engine) -> None:  # noqa: ANN0
     engine.start_migration(a.id, 1)
     engine.close(a.id)  # recorded; the RestoreSession carries it
     sup.take()
-    engine._on_worker_message(0, SessionDetached(a.id, 0))
+    engine.on_worker_message(0, SessionDetached(a.id, 0))
     assert sup.take() == [(1, RestoreSession(a.id, a.ring.name, a.options, 0, (), 4000, "closed"))]
 
     engine.start_migration(b.id, 0)
     sup.take()
     engine.abort(b.id)  # nothing to send: the old worker drops it on the DetachSession already queued
-    assert sup.take() == [] and not engine._migrations and b.id not in sup.slots[1].sessions
-    engine._on_worker_message(1, SessionDetached(b.id, 0))  # the answer still comes: ignored
+    assert sup.take() == [] and not engine.placement.moving and b.id not in engine.placement.sessions_on(1)
+    engine.on_worker_message(1, SessionDetached(b.id, 0))  # the answer still comes: ignored
     assert sup.take() == []
 
 
@@ -244,10 +248,10 @@ def test_engine_session_ending_before_detach_clears_the_move(make_engine) -> Non
     engine = make_engine(2)
     a, b = _open(engine, 2)
     engine.start_migration(a.id, 1)
-    engine._on_worker_message(0, SessionFailed(a.id, "boom"))  # (a final ends it the same way)
-    assert a.state is SessionState.FAILED and not engine._migrations
+    engine.on_worker_message(0, SessionFailed(a.id, "boom"))  # (a final ends it the same way)
+    assert a.state is SessionState.FAILED and not engine.placement.moving
     engine.supervisor.take()
-    engine._on_worker_message(0, SessionDetached(a.id, 0))
+    engine.on_worker_message(0, SessionDetached(a.id, 0))
     assert engine.supervisor.take() == []
     assert engine.migrate(b.id, 0)
 
@@ -259,10 +263,10 @@ def test_engine_source_dying_mid_move_restores_once(make_engine) -> None:  # noq
     engine.start_migration(a.id, 1)
     sup.take()
     sup.slots[0].ready = False  # lost (being respawned)
-    engine._on_worker_lost(0, "killed")
+    engine.on_worker_lost(0, "killed")
     assert sup.take() == [(1, RestoreSession(a.id, a.ring.name, a.options, 0, (), None, ""))]
-    assert a.worker == 1 and a.restores == 1 and a.migrations == 0 and not engine._migrations
-    engine._on_worker_message(0, SessionDetached(a.id, 0))  # (the supervisor drops a dead generation's news anyway)
+    assert engine.placement.worker(a.id) == 1 and a.restores == 1 and a.migrations == 0 and not engine.placement.moving
+    engine.on_worker_message(0, SessionDetached(a.id, 0))  # (the supervisor drops a dead generation's news anyway)
     assert sup.take() == []
 
 
@@ -274,11 +278,11 @@ def test_engine_target_lost_mid_move_falls_back_to_least_loaded(make_engine) -> 
     sup = engine.supervisor
     engine.start_migration(a.id, 2)
     sup.slots[2].ready, sup.slots[2].halted = False, True
-    engine._on_worker_lost(2, "halted")
+    engine.on_worker_lost(2, "halted")
     sup.take()
-    engine._on_worker_message(0, SessionDetached(a.id, 0))
+    engine.on_worker_message(0, SessionDetached(a.id, 0))
     assert sup.take() == [(1, RestoreSession(a.id, a.ring.name, a.options, 0, (), None, ""))]
-    assert a.worker == 1 and a.restores == 0 and a.migrations == 1
+    assert engine.placement.worker(a.id) == 1 and a.restores == 0 and a.migrations == 1
 
 
 def test_engine_balancer_moves_the_newest_open_session_of_the_busiest(make_engine) -> None:  # noqa: ANN001
@@ -290,8 +294,8 @@ def test_engine_balancer_moves_the_newest_open_session_of_the_busiest(make_engin
     before = _migrated("rebalance")
     assert engine._rebalance() == c.id
     assert engine._rebalance() is None  # one move at a time
-    engine._on_worker_message(0, SessionDetached(c.id, 0))
-    assert c.worker == 1 and _migrated("rebalance") == before + 1
+    engine.on_worker_message(0, SessionDetached(c.id, 0))
+    assert engine.placement.worker(c.id) == 1 and _migrated("rebalance") == before + 1
     assert engine._rebalance() is None  # 2 vs 1
 
 

@@ -50,14 +50,9 @@ def test_workers_default_to_cores_or_gpus() -> None:
 
 
 def test_int8_on_a_gpu_is_refused_at_start_with_the_setting_named() -> None:
-    import shutil
-
     from engine.errors import EngineBootError
     from engine.supervisor import Supervisor
 
-    supervisor = Supervisor(Settings(device="cuda", precision="int8", workers=1), lambda *a: None, lambda *a: None)
-    try:
-        with pytest.raises(EngineBootError, match="PARASTREAM_PRECISION=int8"):
-            supervisor._make_slots(gpu_count=1)
-    finally:
-        shutil.rmtree(supervisor._tmpdir, ignore_errors=True)
+    supervisor = Supervisor(Settings(device="cuda", precision="int8", workers=1))
+    with pytest.raises(EngineBootError, match="PARASTREAM_PRECISION=int8"):
+        supervisor._make_slots(gpu_count=1)

@@ -77,7 +77,7 @@ def test_the_chunk_config_reaches_the_encoder_with_the_stream_start_zero_frames(
     inference puts chunk_size[0] + chunk_size[2] zero frames before the first chunk, after the position encoding."""
     import torch
 
-    from engine import model_factory
+    from engine.model import factory as model_factory
     from engine.training import train
 
     clips = _tiny_set(tmp_path, 4)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from funasr.models.transformer.embedding import StreamSinusoidalPositionEncoder
 
-from engine.position_encoding import StridePositionEncoder, install
+from engine.model.position_encoding import StridePositionEncoder, install
 
 # Ages in LFR frames (60 ms each): a new stream, inside the first strides, an odd age, 1 hour, 4 hours.
 AGES = [0, 5, 15, 1234, 60_000, 240_000]

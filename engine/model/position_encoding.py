@@ -6,7 +6,7 @@ session's age: at one hour (60,000 LFR frames) it computes 60,000 x d sines and 
 
 :class:`StridePositionEncoder` computes only the ``T`` positions it keeps, with FunASR's own ``encode``. Every
 element of the encoding is a function of its position and dimension alone (``sin``/``cos`` of ``position *
-inv_timescale``, elementwise), so the rows come out bit-identical; ``tests/engine/test_position_encoding.py`` checks
+inv_timescale``, elementwise), so the rows come out bit-identical; ``tests/engine/model/test_position_encoding.py`` checks
 that against FunASR's module at ages up to four hours, for the tiny and the real model's width.
 
 :func:`install` puts it on a loaded model *instance* in place of FunASR's module (the package is not patched; the

@@ -33,9 +33,10 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -294,9 +295,8 @@ def save_weights(path: Path, model: Any) -> None:
 
 def instantiate(conf: dict[str, Any], vocab_size: int, seed: int) -> Any:
     """The model of ``conf``, built the way ``AutoModel.build_model`` does, its weights drawn under ``seed``."""
-    import torch
-
     import funasr  # noqa: F401  - importing the package registers the model classes in ``tables``
+    import torch
     from funasr.register import tables
 
     model_class = tables.model_classes.get(conf["model"])

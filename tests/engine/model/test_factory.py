@@ -1,4 +1,4 @@
-"""engine.model_factory: deterministic random-weight model directories."""
+"""engine.model.factory: deterministic random-weight model directories."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from engine.model_factory import MODEL_FILES, build_random_model, ensure_model, model_config, token_list
+from engine.model.factory import MODEL_FILES, build_random_model, ensure_model, model_config, token_list
 
 
 def _digests(directory: Path) -> dict[str, str]:
@@ -60,7 +60,7 @@ def test_unknown_kind_is_rejected(tmp_path: Path) -> None:
 def test_built_dir_loads_offline_with_weights_and_cmvn(tiny_model_dir: Path) -> None:
     import torch
 
-    from engine.funasr_adapter import load_automodel
+    from engine.model.loading import load_automodel
 
     automodel = load_automodel(str(tiny_model_dir), ncpu=1)
     saved = torch.load(tiny_model_dir / "model.pt")

@@ -1,4 +1,4 @@
-"""engine.batched_step: one forward pass over many sessions must equal each session's own unbatched stride.
+"""engine.model.batched_step: one forward pass over many sessions must equal each session's own unbatched stride.
 
 The unbatched path (`StreamingModel.step`) is FunASR's own chunk code at batch 1, itself checked token for token
 against FunASR's `generate()` loop in test_funasr_adapter.py. Batched results may differ from it by float rounding
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.funasr_adapter import StreamingModel, StreamOptions
-from engine.batched_step import supports_batching
+from engine.model.adapter import StreamingModel, StreamOptions
+from engine.model.batched_step import supports_batching
 from tests.audio import synth_speechlike, to_float32
 
 OPTS = StreamOptions()
@@ -49,7 +49,7 @@ def model(model_dir: Path) -> StreamingModel:
 @pytest.fixture(scope="module")
 def int8_model(model_dir: Path) -> StreamingModel:
     """PARASTREAM_PRECISION=int8: its activations are quantised per row, so batching must not change its numbers
-    beyond the fp32 tolerance either (engine/precision.py says why)."""
+    beyond the fp32 tolerance either (engine/model/precision.py says why)."""
     return StreamingModel.load(str(model_dir), precision="int8")
 
 

@@ -10,7 +10,7 @@ gives for the same audio::
 
 This module runs exactly that, through ``AutoModel.generate`` (the path the server deliberately avoids
 because its shared ``self.kwargs`` mixes sessions up), single-threaded and one session at a time, which
-is the situation where that path is correct. Use a model loaded by ``engine.funasr_adapter.load_automodel``
+is the situation where that path is correct. Use a model loaded by ``engine.model.adapter.load_automodel``
 so that dither is 0; otherwise two runs over the same audio differ.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.funasr_adapter import StreamOptions
+from engine.model.adapter import StreamOptions
 
 
 def reference_transcript(automodel: Any, samples: np.ndarray, opts: StreamOptions) -> tuple[list[str], str]:

@@ -1,4 +1,4 @@
-"""engine.onnx_encoder: the encoder exported with its caches, on ONNX Runtime (PARASTREAM_BACKEND=onnx).
+"""engine.model.onnx_encoder: the encoder exported with its caches, on ONNX Runtime (PARASTREAM_BACKEND=onnx).
 
 Batched onnx strides against FunASR's own batch-1 path are in test_batched_step.py (the `onnx` case); here: the
 artefact's build-once cache, and a lone session's tokens against FunASR's generate() loop.
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import onnx_encoder
-from engine.funasr_adapter import StreamingModel, StreamOptions, load_automodel
+from engine.model import onnx_encoder
+from engine.model.adapter import StreamingModel, StreamOptions, load_automodel
 from tests.audio import synth_speechlike, to_float32
 from tests.reference_cache import reference_tokens
 
@@ -56,7 +56,7 @@ def test_a_lone_session_on_onnx_equals_funasrs_loop(model_dir: Path) -> None:
 
 
 def test_onnx_refuses_int8_with_the_setting_named(model_dir: Path) -> None:
-    from engine.funasr_adapter import ModelLoadError
+    from engine.model.adapter import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="PARASTREAM_BACKEND=onnx runs fp32"):
         StreamingModel.load(str(model_dir), backend="onnx", precision="int8")

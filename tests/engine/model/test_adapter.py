@@ -1,4 +1,4 @@
-"""engine.funasr_adapter: per-stride stepping must equal FunASR's own streaming loop token for token."""
+"""engine.model.adapter: per-stride stepping must equal FunASR's own streaming loop token for token."""
 
 from __future__ import annotations
 
@@ -12,15 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.funasr_adapter import (
-    ModelLoadError,
-    StreamingModel,
-    StreamOptions,
-    find_cached_hub_model,
-    hub_reachable,
-    load_automodel,
-)
-from engine.reference import reference_transcript
+from benchmarks.funasr_loop import reference_transcript
+from engine.model.adapter import StreamingModel, StreamOptions
+from engine.model.loading import ModelLoadError, find_cached_hub_model, hub_reachable, load_automodel
 from tests.audio import synth_speechlike, to_float32
 
 OPTS = StreamOptions()
@@ -42,7 +36,7 @@ def streaming(tiny_model_dir: Path) -> StreamingModel:
 def test_the_reference_keeps_funasrs_own_position_encoder(automodel: Any, streaming: StreamingModel) -> None:
     from funasr.models.transformer.embedding import StreamSinusoidalPositionEncoder
 
-    from engine.position_encoding import StridePositionEncoder
+    from engine.model.position_encoding import StridePositionEncoder
 
     assert type(automodel.model.encoder.embed) is StreamSinusoidalPositionEncoder
     assert type(streaming.model.encoder.embed) is StridePositionEncoder

@@ -1,4 +1,4 @@
-"""engine.precision: the opt-in int8 matmuls.
+"""engine.model.precision: the opt-in int8 matmuls.
 
 Batched int8 strides are checked against unbatched ones in test_batched_step.py (the `int8` case); here: the layer
 itself, and that the served int8 path equals FunASR's own loop running the same int8 model.
@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from engine.funasr_adapter import StreamingModel, StreamOptions, load_automodel
-from engine.precision import RowInt8Linear, set_precision
-from engine.reference import reference_transcript
+from benchmarks.funasr_loop import reference_transcript
+from engine.model.adapter import StreamingModel, StreamOptions
+from engine.model.loading import load_automodel
+from engine.model.precision import RowInt8Linear, set_precision
 from tests.audio import synth_speechlike, to_float32
 
 

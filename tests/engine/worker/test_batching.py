@@ -1,7 +1,7 @@
 """The worker core's batching: which strides go together, when to wait, and what a failed batch costs.
 
 Runs `WorkerCore` in-process on the real tiny-random model (the model-level equality of batched and unbatched
-strides is tests/engine/test_batched_step.py). Transcripts are compared with FunASR's own `generate()` loop.
+strides is tests/engine/model/test_batched_step.py). Transcripts are compared with FunASR's own `generate()` loop.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.funasr_adapter import StreamingModel
 from engine.messages import AbortSession, CloseSession, OpenSession, SessionFailed, StreamOptions, StrideDone
+from engine.model.adapter import StreamingModel
 from engine.ring import RingWriter
 from engine.worker.core import WorkerCore
 from tests.audio import synth_speechlike
@@ -145,50 +145,3 @@ def test_a_failing_batch_rewinds_to_snapshots_and_fails_only_the_bad_session(mod
     for sid, clip in clips.items():
         if sid != "c":
             assert got[sid] == reference_tokens(tiny_model_dir, clip), sid
-
-
-def test_batch_delay_waits_only_when_loaded_and_for_strides_that_are_due(model, rings) -> None:  # noqa: ANN001
-    core = WorkerCore(model, max_batch=4, batch_wait_s=0.25)
-    a = open_session(core, rings, "a")
-    a.write(np.zeros(STRIDE, dtype=np.int16).tobytes())
-    assert core.batch_delay(100.0) == 0.0  # one stream alone never waits
-    assert core.forward_estimate(1) == 0.0  # (and before any pass nothing is known)
-
-    b = open_session(core, rings, "b")
-    b.write(np.zeros(STRIDE - 1600, dtype=np.int16).tobytes())  # due in 100 ms
-    core.record_forward(1, 0.2)
-    core.record_forward(2, 0.3)
-    assert core.batch_delay(100.0) == 0.0  # 2 sessions x 200 ms fit in a 600 ms stride period: no need to wait
-
-    c = open_session(core, rings, "c")  # 3 x 200 ms fill the period: a worker this loaded gains from batching
-    c.write(np.zeros(STRIDE - 8000, dtype=np.int16).tobytes())  # due in 500 ms
-    assert core.batch_delay(100.0) == pytest.approx(0.2)  # b is due before a's 200 ms pass would end: wait for it
-    assert core.batch_delay(100.15) == pytest.approx(0.05)  # the window runs from when waiting started
-    assert core.batch_delay(100.21) == 0.0  # and never past it
-
-    b.write(np.zeros(1600, dtype=np.int16).tobytes())  # b is ready: c is due in 500 ms, after a 300 ms pass of two
-    assert core.batch_delay(100.22) == 0.0
-    assert {m.session_id for m in core.run_batch()} == {"a", "b"}
-
-    a.write(np.zeros(STRIDE * 2, dtype=np.int16).tobytes())  # a has two strides buffered: behind, run at once
-    b.write(np.zeros(STRIDE - 800, dtype=np.int16).tobytes())
-    assert core.batch_delay(200.0) == 0.0
-    core.drop_all()
-
-    capped = WorkerCore(model, max_batch=4, batch_wait_s=0.05)  # PARASTREAM_BATCH_WAIT_MS bounds the window
-    d, e, _ = (open_session(capped, rings, sid) for sid in "def")
-    capped.record_forward(1, 0.2)
-    d.write(np.zeros(STRIDE, dtype=np.int16).tobytes())
-    e.write(np.zeros(STRIDE - 1600, dtype=np.int16).tobytes())  # due in 100 ms: past the 50 ms cap
-    assert capped.batch_delay(0.0) == 0.0
-    e.write(np.zeros(1600 - 480, dtype=np.int16).tobytes())  # due in 30 ms
-    assert capped.batch_delay(0.0) == pytest.approx(0.05)
-    capped.drop_all()
-
-    unbatched = WorkerCore(model, max_batch=1, batch_wait_s=0.25)
-    writers = [open_session(unbatched, rings, sid) for sid in "ghi"]
-    unbatched.record_forward(1, 0.2)
-    writers[0].write(np.zeros(STRIDE, dtype=np.int16).tobytes())
-    writers[1].write(np.zeros(STRIDE - 800, dtype=np.int16).tobytes())
-    assert unbatched.batch_delay(0.0) == 0.0  # batching off: never wait
-    unbatched.drop_all()

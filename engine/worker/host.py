@@ -102,7 +102,7 @@ def host_main(conn: Connection, config: HostConfig) -> None:
 def _load(config: HostConfig) -> object:
     import torch
 
-    from engine.funasr_adapter import StreamingModel
+    from engine.model.adapter import StreamingModel
 
     torch.set_num_threads(1)  # no OpenMP pool may be running when we fork
     # The onnx backend's session is opened here, before the fork, so that workers share its weights; with one
@@ -124,7 +124,7 @@ def _gpu_count() -> int:
 
 
 def _describe(exc: BaseException) -> str:
-    from engine.funasr_adapter import ModelLoadError
+    from engine.model.loading import ModelLoadError
 
     if isinstance(exc, ModelLoadError):
         return str(exc)
@@ -202,5 +202,5 @@ def _worker_child(config: HostConfig, model: object, msg: SpawnWorker) -> None:
     torch.set_num_threads(config.worker_threads)
     if msg.device.startswith("cuda"):
         model.to(msg.device)  # type: ignore[attr-defined]
-    core = WorkerCore(model, config.max_batch, config.batch_wait_s)  # type: ignore[arg-type]
+    core = WorkerCore(model, config.max_batch)  # type: ignore[arg-type]
     run_worker(core, config.address, config.authkey, msg.slot, msg.generation, msg.device, msg.cpus)

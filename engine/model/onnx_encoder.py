@@ -6,9 +6,9 @@ actually runs (1 to 4) PyTorch eager spends much of it outside the matrix produc
 15-row matrices, and per-op overhead); `docs/runtime.md` has the measured comparison. FunASR's own exported graphs
 (`model.onnx`) have no attention caches, so they compute look-back 0/0 only; this graph takes each session's
 key/value cache, left-padded to the batch's longest, and returns the keys and values each layer attended to, from
-which `engine.batched_step` cuts every session's next cache exactly as in the PyTorch path.
+which `engine.model.batched_step` cuts every session's next cache exactly as in the PyTorch path.
 
-`EncoderStack` is the computation: `engine.batched_step.sanm_layer`, the eager path's own layer (FunASR's
+`EncoderStack` is the computation: `engine.model.batched_step.sanm_layer`, the eager path's own layer (FunASR's
 `forward_qkv`, `forward_fsmn`, `forward_attention`, layer norms and feed-forwards; nothing re-implemented), over all
 layers, traced by torch's TorchScript exporter (`dynamo=False`: the default dynamo exporter needs `onnxscript`, which
 is also why FunASR's own `export()` fails on torch 2.13). Dynamic axes: batch, chunk length, cache length.
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.batched_step import sanm_layer
+from engine.model.batched_step import sanm_layer
 
 log = logging.getLogger(__name__)
 

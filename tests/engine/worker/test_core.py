@@ -16,7 +16,7 @@ from tests.reference_cache import reference_tokens
 
 @pytest.fixture(scope="module")
 def core(tiny_model_dir: Path) -> WorkerCore:
-    from engine.funasr_adapter import StreamingModel
+    from engine.model.adapter import StreamingModel
 
     return WorkerCore(StreamingModel.load(str(tiny_model_dir)))
 

@@ -17,7 +17,7 @@ Segment layout (`<ring name>_s<generation>`; little-endian u64 fields)::
     8   8  slot_size  bytes available to one snapshot
     16  8  active     which slot holds the latest complete snapshot (0 or 1)
     24  40 reserved
-    64     slot 0: length (u64) + pickled (cursor, token_count, last_tokens, cache), up to slot_size bytes
+    64     slot 0: length (u64) + pickled (processed_pos, token_count, last_tokens, cache), up to slot_size bytes
     64 + 8 + slot_size   slot 1, likewise
 
 Writes go to the slot that is *not* active, and `active` flips only after the write is complete, so a worker that
@@ -51,9 +51,9 @@ HEADROOM = 2  # a slot holds twice the first snapshot: the FunASR cache grows ov
 
 @dataclass(frozen=True)
 class Snapshot:
-    cursor: int  # ring position the state covers: replay starts here
-    token_count: int  # tokens the session had produced up to `cursor`
-    last_tokens: tuple[str, ...]  # the tokens of the stride that ended at `cursor` (the last of those)
+    processed_pos: int  # ring position the state covers: replay starts here
+    token_count: int  # tokens the session had produced up to `processed_pos`
+    last_tokens: tuple[str, ...]  # the tokens of the stride that ended at `processed_pos` (the last of those)
     cache: dict[str, Any]
 
 
@@ -111,8 +111,8 @@ class SnapshotStore:
             with _untracked():
                 self._shm = SharedMemory(name=segment_name(ring.name, self.generation))
 
-    def save(self, cursor: int, token_count: int, last_tokens: tuple[str, ...], cache: dict[str, Any]) -> None:
-        blob = pickle.dumps((cursor, token_count, tuple(last_tokens), pack(cache)), protocol=pickle.HIGHEST_PROTOCOL)
+    def save(self, processed_pos: int, token_count: int, last_tokens: tuple[str, ...], cache: dict[str, Any]) -> None:
+        blob = pickle.dumps((processed_pos, token_count, tuple(last_tokens), pack(cache)), protocol=pickle.HIGHEST_PROTOCOL)
         if self._shm is None or len(blob) > self._slot_size():
             self._move_to_new_segment(blob)
             return
@@ -126,8 +126,8 @@ class SnapshotStore:
         slot = int(self._header()[2])
         offset = self._slot_offset(slot)
         length = int(np.frombuffer(self._shm.buf, dtype="<u8", count=1, offset=offset)[0])
-        cursor, count, last, cache = pickle.loads(self._shm.buf[offset + LENGTH_BYTES : offset + LENGTH_BYTES + length])
-        return Snapshot(cursor, count, last, unpack(cache))
+        processed_pos, count, last, cache = pickle.loads(self._shm.buf[offset + LENGTH_BYTES : offset + LENGTH_BYTES + length])
+        return Snapshot(processed_pos, count, last, unpack(cache))
 
     def close(self) -> None:
         if self._shm is not None:
@@ -173,11 +173,3 @@ class SnapshotStore:
             old.close()
             unlink_segment(segment_name(self.ring.name, self.generation))
         self.generation = generation
-
-
-def load_snapshot(ring: RingReader) -> Snapshot | None:
-    store = SnapshotStore(ring)
-    try:
-        return store.load()
-    finally:
-        store.close()
