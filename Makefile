@@ -1,6 +1,6 @@
 # One command per job. Each sets up the virtual environment first if it is missing or out of date.
 #   make demo   start the service with the trained demo model (models/digits), stream its clips, print the events
-#   make test   the whole test suite (what .ci/run runs)
+#   make test   lint (ruff), type checks (mypy --strict on app/ and engine/), then the whole test suite (.ci/run runs it)
 #   make serve  the service with settings from the environment / .env
 #   make digits-model  retrain models/digits from scratch (about 45 min on 2 cores; docs/demo-model.md)
 
@@ -36,6 +36,8 @@ demo: $(STAMP)
 	$(BIN)/parastream demo
 
 test: $(STAMP) system-deps
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 digits-model: $(STAMP) system-deps
