@@ -14,7 +14,7 @@ What this does not remove: the fp32 ops around the matmuls round differently in 
 shapes (as in fp32 batching), and int8 rounding can turn such a difference into a whole quantisation step. On the
 tiny test model batched int8 stays within the fp32 tolerance of unbatched int8 (tests); on large-random, whose logit
 margins are tiny, 18 of 70 served transcripts in batched trials differed from FunASR's loop on the same int8 model
-(none at batch 1; `benchmarks/results/bench-large-random-runtime.md`). So int8 trades the exactness guarantee for
+(none at batch 1; `benchmarks/results/bench-large-random.md`). So int8 trades the exactness guarantee for
 cost: a session replayed after a crash or a move may not repeat its int8 tokens exactly. fp32 keeps it.
 
 The weights are quantised and packed (fbgemm) once, in the model host before it forks workers, so workers share
