@@ -46,7 +46,8 @@ class ParastreamClient:
     async def create_session(self, **options: Any) -> dict[str, Any]:
         r = await self.http.post("/v1/sessions", json=options or None)
         r.raise_for_status()
-        return r.json()
+        answer: dict[str, Any] = r.json()
+        return answer
 
     async def append(self, session_id: str, pcm: np.ndarray | bytes, offset: int | None = None) -> dict[str, Any]:
         """Append PCM; with `offset` (index of its first sample) the append is safe to retry."""
@@ -58,12 +59,14 @@ class ParastreamClient:
             params={"offset": offset} if offset is not None else None,
         )
         r.raise_for_status()
-        return r.json()
+        answer: dict[str, Any] = r.json()
+        return answer
 
     async def close(self, session_id: str) -> dict[str, Any]:
         r = await self.http.post(f"/v1/sessions/{session_id}/close")
         r.raise_for_status()
-        return r.json()
+        answer: dict[str, Any] = r.json()
+        return answer
 
     async def events(
         self, session_id: str, last_event_id: int | None = None, progress: bool = False

@@ -48,8 +48,10 @@ STATUS: dict[type[EngineError], int] = {
 class HTTPError(EngineError):
     """An error decided by the HTTP layer itself (content type, body size, headers)."""
 
-    def __init__(self, status: int, code: str, message: str, **details: object) -> None:
-        super().__init__(message, **details)
+    def __init__(
+        self, status: int, code: str, message: str, retry_after_s: float | None = None, **details: object
+    ) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **details)
         self.status = status
         self.code = code
 

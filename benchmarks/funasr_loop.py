@@ -53,7 +53,7 @@ def reference_transcript(automodel: Any, samples: np.ndarray, opts: StreamOption
     inner = model.generate_chunk  # bound method (or an existing instance-level wrapper)
 
     def capturing_generate_chunk(*args: Any, **kwargs: Any) -> list[str]:
-        out = inner(*args, **kwargs)
+        out: list[str] = inner(*args, **kwargs)
         tokens.extend(out)
         return out
 

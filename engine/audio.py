@@ -30,7 +30,8 @@ def _halfband_taps(n_taps: int = 31) -> np.ndarray:
     """Windowed-sinc low-pass at 4 kHz for a 16 kHz output, scaled by 2 to make up for zero stuffing."""
     m = np.arange(n_taps) - (n_taps - 1) / 2
     h = np.sinc(m / 2) * np.hamming(n_taps)
-    return 2 * h / h.sum()
+    taps: np.ndarray = 2 * h / h.sum()
+    return taps
 
 
 class Upsampler2x:

@@ -60,11 +60,18 @@ class RingFull(Exception):
         self.free = free
 
 
+def buffer(shm: SharedMemory) -> memoryview:
+    """The segment's bytes (typeshed allows None: after `close()`, which no caller reads past)."""
+    buf = shm.buf
+    assert buf is not None
+    return buf
+
+
 @contextlib.contextmanager
 def _untracked() -> Iterator[None]:
     """Keep SharedMemory from registering with (or starting) a resource_tracker; see the module docstring."""
     register, unregister = resource_tracker.register, resource_tracker.unregister
-    resource_tracker.register = resource_tracker.unregister = lambda *args, **kwargs: None  # type: ignore[assignment]
+    resource_tracker.register = resource_tracker.unregister = lambda *args, **kwargs: None
     try:
         yield
     finally:
@@ -159,7 +166,7 @@ class RingWriter(_Ring):
         name = name or new_segment_name()
         with _untracked():
             shm = SharedMemory(name=name, create=True, size=HEADER_BYTES + 2 * capacity_samples)
-        shm.buf[:8] = MAGIC
+        buffer(shm)[:8] = MAGIC
         header = np.ndarray((HEADER_BYTES // 8,), dtype="<u8", buffer=shm.buf)
         header[1:] = 0
         header[1] = capacity_samples
@@ -199,7 +206,7 @@ class RingReader(_Ring):
     def attach(cls, name: str) -> RingReader:
         with _untracked():
             shm = SharedMemory(name=name)
-        if bytes(shm.buf[:8]) != MAGIC:
+        if bytes(buffer(shm)[:8]) != MAGIC:
             shm.close()
             raise ValueError(f"segment {name} is not a Parastream ring")
         return cls(shm)

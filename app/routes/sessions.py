@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
@@ -14,7 +14,9 @@ from engine.settings import Settings
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 415, 422, 429, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 415, 422, 429, 503)
+}
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

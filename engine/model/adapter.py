@@ -74,7 +74,7 @@ class StreamingModel:
 
     def __init__(self, automodel: Any, precision: str = "fp32", backend: str = "torch", threads: int = 1) -> None:
         self.automodel = automodel
-        self.model: torch.nn.Module = automodel.model
+        self.model: Any = automodel.model  # FunASR's ParaformerStreaming (untyped)
         # FunASR's streaming position encoding recomputes every position since the session began, on every
         # stride; ours computes the stride's own, bit-identically (engine/model/position_encoding.py says why).
         position_encoding.install(self.model)
@@ -275,7 +275,7 @@ class StreamingModel:
         FunASR's spacing rules look across the whole list, so prefer calling this on all tokens so far.
         """
         text, *_ = postprocess_utils.sentence_postprocess(tokens)
-        return text
+        return str(text)
 
     @staticmethod
     def cache_nbytes(cache: Any) -> int:

@@ -78,6 +78,7 @@ def supports_batching(model: Any) -> str | None:
         return "beam search is not batched"
     if getattr(enc, "overlap_chunk_cls", None) is None:
         return "encoder without chunking"
+    assert dec is not None
     for layer in dec.decoders:
         fsmn = layer.self_attn
         if fsmn is not None and fsmn.pad_fn.padding[1] != 0:
@@ -106,6 +107,7 @@ def _stack_left_padded(parts: list[torch.Tensor | None], dim: int, like: torch.T
     out = like.new_zeros(shape)
     for i, (part, n) in enumerate(zip(parts, lengths)):
         if n:
+            assert part is not None
             out[i : i + 1].narrow(dim, longest - n, n).copy_(part)
     return out, lengths
 
@@ -215,8 +217,10 @@ class BatchedParaformer:
         if enc.embed is not None:
             xs = enc.embed(xs, cache)
         if cache["tail_chunk"]:
-            return cache["feats"].to(device)
-        return enc._add_overlap_chunk(xs, cache)
+            feats: torch.Tensor = cache["feats"].to(device)
+            return feats
+        overlapped: torch.Tensor = enc._add_overlap_chunk(xs, cache)
+        return overlapped
 
     def _encode(
         self, chunks: list[torch.Tensor], caches: list[dict[str, Any]], opts: StreamOptions
@@ -330,7 +334,7 @@ class BatchedParaformer:
             spans.append((start, end))
         if len(set(spans)) == 1:  # the steady state: one slice, split into the sessions' views in one call
             start, end = spans[0]
-            ks, vs = keys[:, :, start:end].split(1), values[:, :, start:end].split(1)
+            ks, vs = torch.split(keys[:, :, start:end], 1), torch.split(values[:, :, start:end], 1)
             return [{"k": k, "v": v} for k, v in zip(ks, vs)]
         return [
             {"k": keys[i : i + 1, :, start:end], "v": values[i : i + 1, :, start:end]} for i, (start, end) in enumerate(spans)

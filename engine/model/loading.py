@@ -118,7 +118,7 @@ def _looks_like_path(spec: str) -> bool:
 def _hub_model_id(name: str) -> str:
     from funasr.download.name_maps_from_hub import name_maps_ms
 
-    return name_maps_ms.get(name, name)
+    return str(name_maps_ms.get(name, name))
 
 
 def _missing_files(path: Path) -> list[str]:

@@ -66,7 +66,9 @@ class EncoderStack(nn.Module):
         key_mask = torch.cat((old_mask, cur_mask), dim=1)[:, None, :]
         for index, layer in enumerate(self.layers):
 
-            def attend_to(k_h: torch.Tensor, v_h: torch.Tensor, index: int = index) -> tuple[torch.Tensor, ...]:
+            def attend_to(
+                k_h: torch.Tensor, v_h: torch.Tensor, index: int = index
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
                 keys_out.append(torch.cat((k_old[index], k_h), dim=2))
                 values_out.append(torch.cat((v_old[index], v_h), dim=2))
                 return keys_out[-1], values_out[-1], key_mask
@@ -122,7 +124,7 @@ def _export(encoder: Any, path: Path) -> Path:
     started = time.perf_counter()
     stack = EncoderStack(encoder).eval()
     layers, heads, d_k = cache_shape(encoder)
-    d_in = stack.layers[0].in_size
+    d_in = int(stack.layers[0].in_size)  # type: ignore[arg-type]  # nn.Module attributes type as Tensor | Module
     example = (
         torch.zeros(2, 15, d_in), torch.ones(2, 15), torch.zeros(layers, 2, heads, 3, d_k),
         torch.zeros(layers, 2, heads, 3, d_k), torch.ones(2, 3),

@@ -22,7 +22,7 @@ import torch
 from funasr.models.transformer.embedding import StreamSinusoidalPositionEncoder
 
 
-class StridePositionEncoder(StreamSinusoidalPositionEncoder):
+class StridePositionEncoder(StreamSinusoidalPositionEncoder):  # type: ignore[misc]  # funasr is untyped
     """``StreamSinusoidalPositionEncoder`` computing only the current stride's positions."""
 
     def forward(self, x: torch.Tensor, cache: dict[str, Any] | None = None) -> torch.Tensor:
@@ -32,7 +32,8 @@ class StridePositionEncoder(StreamSinusoidalPositionEncoder):
             start_idx = cache["start_idx"]
             cache["start_idx"] += timesteps
         positions = torch.arange(start_idx + 1, start_idx + timesteps + 1)[None, :]
-        return x + self.encode(positions, input_dim, x.dtype).to(x.device)
+        encoded: torch.Tensor = self.encode(positions, input_dim, x.dtype).to(x.device)
+        return x + encoded
 
 
 def install(model: Any) -> bool:
@@ -43,5 +44,6 @@ def install(model: Any) -> bool:
     encoder = getattr(model, "encoder", None)
     if type(getattr(encoder, "embed", None)) is not StreamSinusoidalPositionEncoder:
         return False
+    assert encoder is not None
     encoder.embed = StridePositionEncoder()
     return True

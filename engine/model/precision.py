@@ -59,9 +59,10 @@ class RowInt8Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)
         peak = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
         # The bounds row fixes the tensor's min and max at -1 and 1 (every scaled row lies within them).
-        scaled = torch.cat((rows / peak, self._bounds), dim=0)
+        bounds = self.get_buffer("_bounds")
+        scaled = torch.cat((rows / peak, bounds), dim=0)
         # reduce_range: 7-bit activations, as fbgemm's dynamic qconfig uses on x86 (no int16 saturation).
-        out = torch.ops.quantized.linear_dynamic(scaled, self._packed, True)[:-1] * peak
+        out: torch.Tensor = torch.ops.quantized.linear_dynamic(scaled, self._packed, True)[:-1] * peak
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*shape[:-1], self.out_features)

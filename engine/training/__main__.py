@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    record: dict = {
+    record: dict[str, object] = {
         "command": "python -m engine.training " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()},
         "espeak_voice_variants": len(synth.voice_variants()),

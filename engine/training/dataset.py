@@ -50,7 +50,8 @@ def features(pcm: np.ndarray) -> np.ndarray:
     wave = torch.from_numpy(pcm.astype(np.float32) / 32768.0)[None]
     with torch.no_grad():
         feats, _ = _frontend(wave, torch.tensor([wave.shape[1]]))
-    return feats[0].numpy()
+    out: np.ndarray = feats[0].numpy()
+    return out
 
 
 def _clip(args: tuple[int, str, int]) -> tuple[synth.ClipSpec, np.ndarray]:
@@ -71,7 +72,8 @@ def build(seed: int, split: str, count: int, cache_dir: Path, processes: int | N
     path = Path(cache_dir) / f"{split}-seed{seed}-{count}-{key}.pkl"
     if path.is_file():
         with path.open("rb") as fh:
-            return pickle.load(fh)
+            cached: ClipSet = pickle.load(fh)
+            return cached
     jobs = [(seed, split, i) for i in range(count)]
     with ProcessPoolExecutor(processes or os.cpu_count() or 1, initializer=_init_worker) as pool:
         pairs = list(pool.map(_clip, jobs, chunksize=32))

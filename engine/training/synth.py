@@ -169,13 +169,14 @@ def _run_espeak(args: list[str]) -> bytes:
 
 
 def _read_wav(data: bytes) -> np.ndarray:
-    import soundfile
+    import soundfile  # type: ignore[import-untyped]
 
     # --stdout writes a streaming header (sizes 0x7fffffff); soundfile reads up to the real end.
     samples, rate = soundfile.read(io.BytesIO(data), dtype="float64")
     if rate != 22050:
         raise SynthError(f"espeak-ng produced {rate} Hz, expected 22050")
-    return samples * 32768.0
+    scaled: np.ndarray = samples * 32768.0
+    return scaled
 
 
 def _resample(samples: np.ndarray) -> np.ndarray:

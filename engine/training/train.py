@@ -111,7 +111,7 @@ def batches(clips: ClipSet, max_frames: int, rng: np.random.Generator) -> list[l
         cur.append(i)
     if cur:
         out.append(cur)
-    rng.shuffle(out)  # type: ignore[arg-type]
+    rng.shuffle(out)
     return out
 
 
@@ -162,7 +162,7 @@ def train(clips: ClipSet, out_dir: Path, cfg: TrainConfig, log: Any = print) -> 
                 group["lr"] = lr_at(step)
             loss, acc = streaming_loss(model, *collate(clips, idx, shift, rescale))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             losses.append(float(loss.detach()))

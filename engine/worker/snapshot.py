@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.ring import RingReader, _untracked, unlink_segment
+from engine.ring import RingReader, _untracked, buffer, unlink_segment
 
 MAGIC = b"PSSNAP02"
 _NUMPY_DTYPES = frozenset(
@@ -125,8 +125,8 @@ class SnapshotStore:
             return None
         slot = int(self._header()[2])
         offset = self._slot_offset(slot)
-        length = int(np.frombuffer(self._shm.buf, dtype="<u8", count=1, offset=offset)[0])
-        processed_pos, count, last, cache = pickle.loads(self._shm.buf[offset + LENGTH_BYTES : offset + LENGTH_BYTES + length])
+        length = int(np.frombuffer(buffer(self._shm), dtype="<u8", count=1, offset=offset)[0])
+        processed_pos, count, last, cache = pickle.loads(buffer(self._shm)[offset + LENGTH_BYTES : offset + LENGTH_BYTES + length])
         return Snapshot(processed_pos, count, last, unpack(cache))
 
     def close(self) -> None:
@@ -139,7 +139,7 @@ class SnapshotStore:
 
     def _header(self) -> np.ndarray:
         assert self._shm is not None
-        return np.ndarray((HEADER_BYTES // 8,), dtype="<u8", buffer=self._shm.buf)
+        return np.ndarray((HEADER_BYTES // 8,), dtype="<u8", buffer=buffer(self._shm))
 
     def _slot_size(self) -> int:
         return int(self._header()[1])
@@ -150,8 +150,8 @@ class SnapshotStore:
     def _write(self, slot: int, blob: bytes) -> None:
         assert self._shm is not None
         offset = self._slot_offset(slot)
-        self._shm.buf[offset : offset + LENGTH_BYTES] = len(blob).to_bytes(8, "little")
-        self._shm.buf[offset + LENGTH_BYTES : offset + LENGTH_BYTES + len(blob)] = blob
+        buffer(self._shm)[offset : offset + LENGTH_BYTES] = len(blob).to_bytes(8, "little")
+        buffer(self._shm)[offset + LENGTH_BYTES : offset + LENGTH_BYTES + len(blob)] = blob
 
     def _move_to_new_segment(self, blob: bytes) -> None:
         old = self._shm
@@ -163,7 +163,7 @@ class SnapshotStore:
                 create=True,
                 size=HEADER_BYTES + 2 * (LENGTH_BYTES + slot_size),
             )
-        shm.buf[:8] = MAGIC
+        buffer(shm)[:8] = MAGIC
         self._shm = shm
         header = self._header()
         header[1], header[2] = slot_size, 0
