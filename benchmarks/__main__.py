@@ -12,19 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
+from benchmarks.common import RESULTS, resolve_model
 from benchmarks.report import write
 from benchmarks.run import RunConfig, run_benchmark
-
-RESULTS = Path(__file__).resolve().parent / "results"
-MODEL_CACHE = Path.home() / ".cache" / "parastream"
-
-
-def resolve_model(spec: str) -> Path:
-    if spec in ("tiny-random", "large-random"):
-        from engine.model.factory import ensure_model
-
-        return ensure_model(spec, MODEL_CACHE)
-    return Path(spec)
 
 
 def main(argv: list[str] | None = None) -> int:

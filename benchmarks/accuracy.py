@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import RESULTS
 from engine.training import synth
 from engine.training.cer import cer, edit_distance
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 CONDITIONS: list[tuple[str, Callable[[synth.ClipSpec], bool]]] = [
     ("all", lambda s: True),

@@ -11,7 +11,6 @@ capacity model it fits) is in docs/benchmarks.md, "How the batch profile measure
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import math
@@ -22,7 +21,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bound import _stats
+from benchmarks.common import (
+    RESULTS,
+    Timer,
+    git_commit,
+    l3_cache,
+    machine,
+    now_utc,
+    package_versions,
+    resolve_model,
+    summary_stats,
+    usable_cores,
+)
+from benchmarks.report import versions
 
 SCHEMA = "parastream.batch_profile/1"
 PARTS = ("frontend", "encoder", "predictor", "decoder")
@@ -176,11 +187,10 @@ def _count_flops(sm: Any, opts: Any, parts: _Parts, warmup: int, strides: int) -
 def _profile(session: _Sessions, strides: int) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
-    t0 = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with Timer() as timer, profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(strides):
             session.step()
-    wall_ms = (time.perf_counter() - t0) * 1000.0
+    wall_ms = timer.wall_ms
     events = [e for e in prof.key_averages() if not getattr(e, "is_user_annotation", False)]
     total_self_ms = sum(e.self_cpu_time_total for e in events) / 1000.0
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:TOP_OPS]
@@ -216,15 +226,14 @@ def _measure_batch(sm: Any, opts: Any, parts: _Parts, batch: int, warmup: int, s
     split: dict[str, list[float]] = {p: [] for p in (*PARTS, "other")}
     for _ in range(strides):
         parts.reset()
-        c0, t0 = time.process_time(), time.perf_counter()
-        tokens += session.step()
-        dt = (time.perf_counter() - t0) * 1000.0
-        cpu.append((time.process_time() - c0) * 1000.0)
-        wall.append(dt)
+        with Timer() as timer:
+            tokens += session.step()
+        cpu.append(timer.cpu_ms)
+        wall.append(timer.wall_ms)
         for p in PARTS:
             split[p].append(parts.ms[p])
-        split["other"].append(dt - sum(parts.ms.values()))
-    wall_stats, cpu_stats = _stats(wall, tail=90), _stats(cpu, tail=90)
+        split["other"].append(timer.wall_ms - sum(parts.ms.values()))
+    wall_stats, cpu_stats = summary_stats(wall, tail=90), summary_stats(cpu, tail=90)
     row = {
         "batch": batch,
         "path": "step" if batch == 1 else "step_batch",
@@ -273,9 +282,9 @@ def profile_batches(
     if strides < 1 or warmup < 0 or profile_strides < 0 or flop_strides < 1:
         raise ValueError("strides and flop_strides must be >= 1, warmup and profile_strides >= 0")
 
-    t0 = time.perf_counter()
-    sm = StreamingModel.load(str(model_dir), backend=backend)
-    load_s = time.perf_counter() - t0
+    with Timer() as loading:
+        sm = StreamingModel.load(str(model_dir), backend=backend)
+    load_s = loading.wall_s
     if sm.batching_unsupported:
         raise RuntimeError(f"this model cannot be batched: {sm.batching_unsupported}")
     opts = StreamOptions()
@@ -410,26 +419,12 @@ def capacity_model(rows: list[dict[str, Any]], stride_ms: float = 600.0) -> dict
 
 
 def _metadata() -> dict[str, Any]:
-    from benchmarks.report import git_commit, machine, versions
-
-    info = machine()
-    l3 = Path("/sys/devices/system/cpu/cpu0/cache/index3/size")
-    info["l3_cache"] = l3.read_text().strip() if l3.exists() else None
     return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "date": now_utc(),
         "commit": git_commit(),
-        "machine": info,
-        "versions": {**versions(), **_extra_versions()},
+        "machine": {**machine(), "l3_cache": l3_cache()},
+        "versions": {**versions(), **package_versions(["kaldi-native-fbank"])},
     }
-
-
-def _extra_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    try:
-        return {"kaldi-native-fbank": metadata.version("kaldi-native-fbank")}
-    except metadata.PackageNotFoundError:
-        return {"kaldi-native-fbank": "absent"}
 
 
 def _f(x: Any, digits: int = 1) -> str:
@@ -539,9 +534,6 @@ def write(result: dict[str, Any], out_dir: Path, name: str) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.__main__ import RESULTS, resolve_model
-    from benchmarks.bound import _cores
-
     parser = argparse.ArgumentParser(prog="python -m benchmarks.batch_profile", description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="tiny-random, large-random, or a model dir (default large-random; "
                                         "tiny-random with --quick)")
@@ -564,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = resolve_model(args.model or quick.get("model", "large-random"))
     if not Path(model_dir).is_dir():
         raise SystemExit(f"--model {args.model!r}: no such model directory")
-    threads = args.threads or quick.get("threads") or sorted({1, _cores()})
+    threads = args.threads or quick.get("threads") or sorted({1, usable_cores()})
     batch_sizes = args.batch_sizes or quick.get("batch_sizes") or list(DEFAULT_BATCH_SIZES)
     strides = args.strides or quick.get("strides") or DEFAULT_STRIDES
     result = profile_batches(

@@ -10,8 +10,6 @@ between the bounds: docs/benchmarks.md, "The in-process bound". This module meas
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import json
 import os
 import platform
@@ -22,8 +20,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-MODEL_CACHE = Path.home() / ".cache" / "parastream"
+from benchmarks.common import (
+    ROOT,
+    Timer,
+    git_commit,
+    l3_cache,
+    machine,
+    now_utc,
+    package_versions,
+    resolve_model,
+    summary_stats,
+    usable_cores,
+)
 
 STRIDE_MS = 600.0  # one stride of the default chunk_size (0, 10, 5): 10 LFR frames of 60 ms
 DEFAULT_WARMUP = 5
@@ -64,7 +72,7 @@ def measure_bound(
         raise ValueError("strides must be >= 1")
     if warmup < 0:
         raise ValueError("warmup must be >= 0")
-    cores = _cores()
+    cores = usable_cores()
     thread_counts = sorted(set(threads)) if threads else sorted({1, cores})
     if any(t < 1 for t in thread_counts):
         raise ValueError(f"thread counts must be >= 1, got {thread_counts}")
@@ -158,44 +166,15 @@ def derive(result: dict[str, Any], cores: int) -> dict[str, Any]:
 
 def machine_info() -> dict[str, Any]:
     """CPU, cores, memory, last-level cache, OS and package versions (without importing torch)."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-               platform.processor() or "unknown")
-    mem_gib = None
-    if Path("/proc/meminfo").exists():
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-    l3 = Path("/sys/devices/system/cpu/cpu0/cache/index3/size")
-    versions = {}
-    for pkg in ("torch", "funasr", "numpy", "kaldi-native-fbank"):
-        try:
-            versions[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            versions[pkg] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
     return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git_commit": commit or "unknown",
-        "cpu": cpu,
-        "cores": _cores(),
-        "memory_gib": mem_gib,
-        "l3_cache": l3.read_text().strip() if l3.exists() else None,
+        "date": now_utc(),
+        "git_commit": git_commit(mark_dirty=False),
+        **machine(),
+        "l3_cache": l3_cache(),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        **versions,
+        **package_versions(("torch", "funasr", "numpy", "kaldi-native-fbank"), missing=None),
     }
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _run_worker(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -215,21 +194,6 @@ def _run_worker(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ worker side
-
-
-def _stats(values: list[float], tail: int = 95) -> dict[str, float]:
-    """Median, the `tail` percentile (key `p<tail>`), mean, min, max and count."""
-    import numpy as np
-
-    arr = np.asarray(values, dtype=np.float64)
-    return {
-        "median": float(np.median(arr)),
-        f"p{tail}": float(np.percentile(arr, tail)),
-        "mean": float(arr.mean()),
-        "min": float(arr.min()),
-        "max": float(arr.max()),
-        "n": int(arr.size),
-    }
 
 
 class _Probe:
@@ -304,9 +268,9 @@ def _matmul_peak(sizes: list[int], reps: int) -> dict[str, Any]:
         torch.mm(a, b, out=c)  # warm-up: first-call setup, page faults
         rates = []
         for _ in range(reps):
-            t0 = time.perf_counter()
-            torch.mm(a, b, out=c)
-            rates.append(2.0 * n**3 / (time.perf_counter() - t0) / 1e9)
+            with Timer() as timer:
+                torch.mm(a, b, out=c)
+            rates.append(2.0 * n**3 / timer.wall_s / 1e9)
         by_size[str(n)] = {"best_gflops": max(rates), "median_gflops": sorted(rates)[len(rates) // 2]}
         del a, b, c
     best = max(by_size, key=lambda k: by_size[k]["best_gflops"])
@@ -327,10 +291,10 @@ def _ffn_gemm(model: Any, frames: int, reps: int = 3) -> dict[str, Any]:
             x = torch.randn(batch * frames, d_in)
             best = float("inf")
             for _ in range(reps + 1):  # first pass is a warm-up
-                t0 = time.perf_counter()
-                for w1, w2 in layers:
-                    w2(torch.relu(w1(x)))
-                best = min(best, time.perf_counter() - t0)
+                with Timer() as timer:
+                    for w1, w2 in layers:
+                        w2(torch.relu(w1(x)))
+                best = min(best, timer.wall_s)
             out["by_batch"][str(batch)] = {
                 "rows": batch * frames,
                 "ms": best * 1000.0,
@@ -346,9 +310,9 @@ def _read_bandwidth(mib: int = READ_BUFFER_MIB, reps: int = 5) -> float:
     x = torch.ones(mib * 2**20 // 4, dtype=torch.float32)
     best = float("inf")
     for _ in range(reps + 1):
-        t0 = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - t0)
+        with Timer() as timer:
+            x.sum()
+        best = min(best, timer.wall_s)
     return x.numel() * 4 / best / 1e9
 
 
@@ -360,16 +324,13 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(threads)
     from torch.utils.flop_counter import FlopCounterMode
 
+    from benchmarks.audio import synth_speechlike, to_float32
     from engine.messages import StreamOptions
     from engine.model.adapter import StreamingModel
-    try:
-        from benchmarks.audio import synth_speechlike, to_float32
-    except ImportError:  # before the generator moved out of tests/
-        from tests.audio import synth_speechlike, to_float32
 
-    t0 = time.perf_counter()
-    sm = StreamingModel.load(spec["model_dir"], device="cpu", ncpu=threads)
-    load_s = time.perf_counter() - t0
+    with Timer() as loading:
+        sm = StreamingModel.load(spec["model_dir"], device="cpu", ncpu=threads)
+    load_s = loading.wall_s
     torch.set_num_threads(threads)  # AutoModel set it from ncpu already; make sure
     model = sm.model
     probe = _install_probe(sm)
@@ -389,15 +350,14 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     split: dict[str, list[float]] = {p: [] for p in (*_Probe.PARTS, "other")}
     for piece in pieces[warmup : warmup + strides]:
         probe.reset()
-        c0, t0 = time.process_time(), time.perf_counter()
-        toks = sm.step(cache, piece, False, opts)
-        dt = (time.perf_counter() - t0) * 1000.0
-        cpu.append((time.process_time() - c0) * 1000.0)
-        wall.append(dt)
+        with Timer() as timer:
+            toks = sm.step(cache, piece, False, opts)
+        cpu.append(timer.cpu_ms)
+        wall.append(timer.wall_ms)
         tokens.append(len(toks))
         for part in _Probe.PARTS:
             split[part].append(probe.ms[part])
-        split["other"].append(max(0.0, dt - sum(probe.ms.values())))
+        split["other"].append(max(0.0, timer.wall_ms - sum(probe.ms.values())))
 
     # One more warm step under the FLOP counter (not timed: the counter slows every op).
     probe.reset()
@@ -423,9 +383,9 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         "threads": threads,
         "torch_num_threads": torch.get_num_threads(),
         "load_s": load_s,
-        "stride_ms": _stats(wall),
-        "cpu_ms": _stats(cpu),
-        "split_ms": {part: _stats(v) for part, v in split.items()},
+        "stride_ms": summary_stats(wall),
+        "cpu_ms": summary_stats(cpu),
+        "split_ms": {part: summary_stats(v) for part, v in split.items()},
         "tokens_per_stride_mean": float(np.mean(tokens)),
         "matmul": matmul,
         "ffn_gemm": ffn,
@@ -461,14 +421,10 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resolve_model(arg: str) -> Path:
-    path = Path(arg).expanduser()
-    if path.exists():
-        return path
-    from engine.model.factory import KINDS, ensure_model
-
-    if arg in KINDS:
-        return ensure_model(arg, MODEL_CACHE)
-    raise SystemExit(f"--model {arg!r}: no such directory (or use one of {', '.join(KINDS)})")
+    path = resolve_model(arg)
+    if not path.exists():
+        raise SystemExit(f"--model {arg!r}: no such directory (or use tiny-random / large-random)")
+    return path
 
 
 def summary(result: dict[str, Any]) -> str:

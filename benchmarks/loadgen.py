@@ -26,6 +26,7 @@ import httpx
 import numpy as np
 
 from app.client import ParastreamClient
+from benchmarks.common import subscribed
 from engine.units import STRIDE_SAMPLES
 
 FRAME_MS = 100
@@ -71,8 +72,11 @@ async def run_stream(
         result.errors.append(f"create: {exc!r}")
         return result
     arrivals: list[tuple[float, int]] = []
-    watcher = asyncio.create_task(_watch(client, sid, arrivals, result))
-    await asyncio.sleep(0.05)  # let the subscription open before the first audio
+    try:  # subscribed before the first audio, so that the first stride's progress event is not missed
+        watcher = await subscribed(client, sid, _watch(client, sid, arrivals, result), progress=True)
+    except (TimeoutError, httpx.HTTPError) as exc:
+        result.errors.append(f"subscribe: {exc!r}")
+        return result
     stride_sent: dict[int, float] = {}  # stride index -> when its last sample started on its way
     start = time.monotonic()
     try:
@@ -129,7 +133,3 @@ async def run_trial(base_url: str, clips: list[np.ndarray], options: dict[str, A
                 *(run_stream(client, i, clip, start_delay=0.6 * i / n, options=options) for i, clip in enumerate(clips))
             )
         )
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 1) if values else None

@@ -27,10 +27,10 @@ import numpy as np
 
 from app.client import ParastreamClient
 from benchmarks.audio import synth_speechlike
+from benchmarks.common import RESULTS, resolve_model
 from benchmarks.systems import RunningSystem, SystemSpec
 from engine.units import SAMPLE_RATE, STRIDE_SAMPLES
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MARKS = (1, 10, 30, 59, 60)
 
 
@@ -108,8 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="a note stored with the result (what code was measured)")
     args = parser.parse_args(argv)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from benchmarks.__main__ import resolve_model
-
     model_dir = resolve_model(args.model)
     spec = SystemSpec("parastream-1w", "Parastream, 1 worker", (sys.executable, "-m", "app.cli", "serve"),
                       {"PARASTREAM_WORKERS": "1", "PARASTREAM_SESSION_IDLE_TIMEOUT_S": "600"})

@@ -23,50 +23,42 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
-import importlib.metadata
 import json
 import os
 import platform
 import re
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-import numpy as np
-
 from app.client import ParastreamClient, stream_pcm
-from engine.model.factory import KINDS, ensure_model
+from benchmarks.audio import synth_speechlike, to_float32
+from benchmarks.common import (
+    MIB,
+    RESULTS,
+    ROOT,
+    ParastreamServer,
+    cmdline,
+    git_commit,
+    machine,
+    now_utc,
+    package_versions,
+    parent_of,
+    resolve_model,
+    smaps_rollup,
+)
+from engine.model.factory import KINDS
 from engine.ring import list_segments, sweep_segments
 from engine.units import SAMPLE_RATE, STRIDE_SAMPLES
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "benchmarks" / "results"
-MODEL_CACHE = Path.home() / ".cache" / "parastream"
-MIB = 1024 * 1024
 MIN_STRIDES = 6  # the encoder cache grows over the first 4 strides (encoder_chunk_look_back=4); sample after that
 PING_INTERVAL_S = 0.2
 GOAL_MIB = 100  # private memory allowed per worker beyond the first (large-random)
 PHASES = ("idle", "loaded", "after")
 
 # --------------------------------------------------------------------------------------------- /proc readers
-
-
-def smaps_rollup(pid: int) -> dict[str, int]:
-    """Every `Name: N kB` line of /proc/PID/smaps_rollup, in bytes."""
-    out: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if len(parts) == 2 and parts[1] == "kB":
-            out[key] = int(parts[0]) * 1024
-    return out
 
 
 def memory_of(pid: int) -> dict[str, float]:
@@ -110,11 +102,6 @@ def top_private_mappings(pid: int, k: int = 8) -> list[dict[str, Any]]:
     return [{k2: (round(v, 1) if isinstance(v, float) else v) for k2, v in r.items()} for r in rows[:k]]
 
 
-def parent_of(pid: int) -> int:
-    # The comm field may hold spaces and parentheses: split after the last ')'.
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-
-
 def children_of(pid: int) -> list[int]:
     kids = []
     for entry in os.listdir("/proc"):
@@ -123,10 +110,6 @@ def children_of(pid: int) -> list[int]:
                 if parent_of(int(entry)) == pid:
                     kids.append(int(entry))
     return sorted(kids)
-
-
-def cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
 
 
 def find_processes(api_pid: int, worker_pids: list[int]) -> dict[str, int]:
@@ -161,97 +144,24 @@ def other_torch_processes(ours: set[int]) -> list[int]:
 # --------------------------------------------------------------------------------------------- the service
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Service:
-    """`python -m app.cli serve` in its own process group (the minimal part of tests/harness.ServiceProcess)."""
+class Service(ParastreamServer):
+    """The service measured: its workers report fresh cache bytes (frequent pings); on leaving, it is stopped
+    (killed if it ignores SIGTERM, with a warning), the rings of a killed API process are swept and its log goes."""
 
     def __init__(self, model_dir: Path, workers: int) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "PARASTREAM_MODEL": str(model_dir),
-            "PARASTREAM_PORT": str(self.port),
-            "PARASTREAM_WORKERS": str(workers),
-            "PARASTREAM_WORKER_PING_INTERVAL_S": str(PING_INTERVAL_S),  # fresh cache_bytes in /v1/workers
-        }
-        self.log = tempfile.NamedTemporaryFile(prefix="parastream-memory-", suffix=".log", delete=False)
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(model_dir, name="parastream-memory", ready_timeout=600, workers=workers,
+                         worker_ping_interval_s=PING_INTERVAL_S)
 
-    def __enter__(self) -> Service:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so that killpg reaches host and workers too
-        )
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def wait_ready(self, timeout: float = 600) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited with {self.proc.returncode}:\n{self.tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise TimeoutError(f"service not ready in {timeout} s:\n{self.tail()}")
-
-    def workers(self) -> list[dict[str, Any]]:
-        return httpx.get(f"{self.base_url}/v1/workers", timeout=10).json()
-
-    def tail(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")[-5000:]
-
-    def stop(self, timeout: float = 60) -> None:
-        """SIGTERM (graceful: the API process shuts host and workers down), SIGKILL to the group on timeout."""
-        if self.proc is None:
-            return
-        pid = self.proc.pid
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                print(f"service {pid} ignored SIGTERM for {timeout} s: SIGKILL", file=sys.stderr)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)  # whatever is left of the group (nothing, after a clean stop)
-        self.proc.wait(10)
-        sweep_segments(owner_pid=pid)  # rings of a killed API process; a clean stop leaves none
-        Path(self.log.name).unlink(missing_ok=True)
+    def close(self, strict: bool = False) -> None:
+        try:
+            super().close(strict)
+        finally:
+            if self.proc is not None:
+                sweep_segments(owner_pid=self.pid)  # a clean stop leaves none
+            self.remove_log()
 
 
 # --------------------------------------------------------------------------------------------- load
-
-
-def speechlike(seconds: float, seed: int) -> np.ndarray:
-    """Seeded int16 audio with syllable-like harmonic bursts and noise (what tests/audio.py makes, shortened).
-    Random-weight models transcribe anything; only the cost matters here, and it does not depend on content."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * SAMPLE_RATE)
-    out = rng.normal(0.0, 0.01, n)
-    pos = 0
-    while pos < n:
-        pos += int(rng.uniform(0.02, 0.15) * SAMPLE_RATE)
-        length = max(0, min(int(rng.uniform(0.08, 0.30) * SAMPLE_RATE), n - pos))
-        t = np.arange(length) / SAMPLE_RATE
-        phase = 2 * np.pi * rng.uniform(90, 300) * t
-        tone = sum(rng.uniform(0.1, 1.0) / k * np.sin(k * phase) for k in range(1, 7))
-        out[pos : pos + length] += 0.2 * np.hanning(length) * tone
-        pos += length
-    return np.clip(out * 32767, -32768, 32767).astype(np.int16)
 
 
 class Sampler:
@@ -293,7 +203,7 @@ async def stream_sessions(service: Service, roles: dict[str, int], sessions: int
 
         finals = [asyncio.create_task(final_of(sid)) for sid in ids]
         senders = [
-            asyncio.create_task(stream_pcm(client, sid, speechlike(seconds, seed=i), SAMPLE_RATE, speed=speed))
+            asyncio.create_task(stream_pcm(client, sid, synth_speechlike(seconds, seed=i), SAMPLE_RATE, speed=speed))
             for i, sid in enumerate(ids)
         ]
         # Mid-stream moment: every session past the encoder cache's growth, none finished yet.
@@ -351,7 +261,7 @@ def probe(model_dir: str, sessions: int, strides: int) -> None:
     result["loaded_model"] = memory_of(os.getpid())
     opts = StreamOptions()
     caches = [model.new_cache(opts) for _ in range(sessions)]
-    audio = speechlike(strides * 0.6, seed=0).astype(np.float32) / 32768.0
+    audio = to_float32(synth_speechlike(strides * 0.6, seed=0))
     growth = []
     for k in range(strides):
         piece = audio[k * STRIDE_SAMPLES : (k + 1) * STRIDE_SAMPLES]
@@ -378,20 +288,13 @@ def run_probe(model_dir: Path, sessions: int, strides: int = 8) -> dict[str, Any
 
 
 def conditions(model: str, model_dir: Path, workers: int, sessions: int, seconds: float, speed: float) -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git_commit": commit or "unknown",
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
-        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "date": now_utc(),
+        "git_commit": git_commit(mark_dirty=False),
+        **machine(),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "torch": importlib.metadata.version("torch"),
-        "funasr": importlib.metadata.version("funasr"),
+        **package_versions(("torch", "funasr")),
         "model": model,
         "model_dir": str(model_dir),
         "workers": workers,
@@ -499,19 +402,17 @@ def markdown(result: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------- main
 
 
-def resolve_model(spec: str) -> tuple[str, Path]:
-    if spec in KINDS:
-        return spec, ensure_model(spec, MODEL_CACHE)
-    path = Path(spec).expanduser().resolve()
-    return path.name, path
+def named_model(spec: str) -> tuple[str, Path]:
+    """The model's name in the result files (the kind, or the directory's name) and its directory."""
+    path = resolve_model(spec)
+    return (spec, path) if spec in KINDS else (path.resolve().name, path.resolve())
 
 
 def measure(model: str, model_dir: Path, workers: int, sessions: int, seconds: float, speed: float) -> dict[str, Any]:
     with Service(model_dir, workers) as service:
-        service.wait_ready()
         time.sleep(1.0)  # let start-up settle and a few pongs arrive
         worker_pids = [w["pid"] for w in sorted(service.workers(), key=lambda w: w["slot"])]
-        roles = find_processes(service.proc.pid, worker_pids)  # type: ignore[union-attr]
+        roles = find_processes(service.pid, worker_pids)
         idle = snapshot(roles)
         others = {"idle": other_torch_processes(set(roles.values()))}
         load = asyncio.run(stream_sessions(service, roles, sessions, seconds, speed))
@@ -539,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=4, help="concurrent sessions, spread over the workers")
     parser.add_argument("--seconds", type=float, default=10.0, help="audio per session")
     parser.add_argument("--speed", type=float, default=1.0, help="pace relative to real time")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--probe", metavar="MODEL_DIR", help=argparse.SUPPRESS)  # internal: the standalone probe
     parser.add_argument("--probe-strides", type=int, default=8, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -547,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         probe(args.probe, args.sessions, args.probe_strides)
         return 0
 
-    model, model_dir = resolve_model(args.model)
+    model, model_dir = named_model(args.model)
     result: dict[str, Any] = {"conditions": conditions(model, model_dir, args.workers, args.sessions, args.seconds, args.speed)}
     result.update(measure(model, model_dir, args.workers, args.sessions, args.seconds, args.speed))
     # After the service is gone, so the probe's load does not compete with the measured processes.

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
 import platform
-import subprocess
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.common import git_commit, machine, now_utc, package_versions
+
+PACKAGES = ("torch", "funasr", "fastapi", "uvicorn", "sse-starlette", "httpx")
 HONESTY = (
     "The models have random weights (built from FunASR's real streaming Paraformer architecture): these figures "
     "measure serving cost, not recognition accuracy, and the transcripts are gibberish. 'Wrong transcripts' compares "
@@ -19,36 +17,14 @@ HONESTY = (
 )
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_kb = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gib": round(mem_kb / 2**20, 1)}
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "funasr", "fastapi", "uvicorn", "sse-starlette", "httpx"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "absent"
-    return out
-
-
-def git_commit() -> str:
-    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True)
-    return result.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+def versions() -> dict[str, str | None]:
+    return {"python": platform.python_version(), **package_versions(PACKAGES)}
 
 
 def write(result: dict[str, Any], out_dir: Path, name: str) -> list[Path]:
     result = {
         "name": name,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "date": now_utc(),
         "commit": git_commit(),
         "machine": machine(),
         "versions": versions(),

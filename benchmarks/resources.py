@@ -12,6 +12,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from benchmarks.common import cmdline, parent_of, smaps_rollup
+
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -20,8 +22,7 @@ def descendants(pid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                parents[int(entry)] = parent_of(int(entry))
             except (OSError, IndexError, ValueError):
                 continue
     found: list[int] = []
@@ -33,14 +34,6 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
 def _cpu_seconds(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -50,36 +43,30 @@ def _cpu_seconds(pid: int) -> float | None:
         return None
 
 
-def smaps_rollup(pid: int) -> dict[str, int]:
-    """kB figures: Rss, Pss, Private (clean + dirty), Shared."""
-    out: dict[str, int] = {}
+def memory_kb(pid: int) -> dict[str, int]:
+    """kB figures: Rss, Pss, Private (clean + dirty), Shared; {} once the process is gone."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
-                    out[parts[0][:-1]] = int(parts[1])
+        s = {key: n // 1024 for key, n in smaps_rollup(pid).items()}
     except OSError:
         return {}
     return {
-        "rss_kb": out.get("Rss", 0),
-        "pss_kb": out.get("Pss", 0),
-        "private_kb": out.get("Private_Clean", 0) + out.get("Private_Dirty", 0),
-        "shared_kb": out.get("Shared_Clean", 0) + out.get("Shared_Dirty", 0),
+        "rss_kb": s.get("Rss", 0),
+        "pss_kb": s.get("Pss", 0),
+        "private_kb": s.get("Private_Clean", 0) + s.get("Private_Dirty", 0),
+        "shared_kb": s.get("Shared_Clean", 0) + s.get("Shared_Dirty", 0),
     }
 
 
 def role(pid: int, root: int) -> str:
     """A stable label for a process in a tree: api, model-host, worker, resource-tracker or baseline."""
-    cmd = _cmdline(pid)
+    cmd = cmdline(pid)
     if pid == root:
         return "api" if "app.cli" in cmd else "server"
     if "resource_tracker" in cmd:
         return "resource-tracker"
     if "spawn_main" in cmd:
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            parent = parent_of(pid)
         except OSError:
             parent = -1
         return "model-host" if parent == root else "worker"
@@ -137,7 +124,7 @@ class ResourceSampler:
         now = time.monotonic()
         for pid in [self.root, *descendants(self.root)]:
             cpu = _cpu_seconds(pid)
-            mem = smaps_rollup(pid)
+            mem = memory_kb(pid)
             if cpu is None or not mem:
                 continue
             stats = self.stats.setdefault(pid, ProcessStats(role(pid, self.root)))

@@ -20,8 +20,9 @@ from tqdm import tqdm
 
 from benchmarks import server_metrics
 from benchmarks.audio import synth_speechlike
-from benchmarks.loadgen import StreamResult, percentile, run_trial
-from benchmarks.references import reference_tokens
+from benchmarks.common import percentile
+from benchmarks.loadgen import StreamResult, run_trial
+from benchmarks.references import references
 from benchmarks.resources import ResourceSampler
 from benchmarks.systems import RunningSystem, SystemSpec, all_systems
 
@@ -103,7 +104,7 @@ def bench_system(spec: SystemSpec, config: RunConfig, clips: list[np.ndarray], r
             trial_clips = [clips[i % len(clips)] for i in range(n)]
             before = server_metrics.scrape(system.base_url)
             cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-            with ResourceSampler(system.proc.pid) as sampler:
+            with ResourceSampler(system.pid) as sampler:
                 results = asyncio.run(run_trial(system.base_url, trial_clips, spec.session_options))
             cpu_after = resource.getrusage(resource.RUSAGE_SELF)
             summary = summarize_trial(n, results, refs, config.latency_limit_ms)
@@ -146,10 +147,10 @@ def run_benchmark(config: RunConfig) -> dict[str, Any]:
 
     specs = [s for s in all_systems(config.model_dir) if config.systems is None or s.name in config.systems]
     clips = make_clips(config)
-    refs: dict[tuple[str, tuple[int, int]], list[list[str]]] = {}
-    for key in dict.fromkeys((s.precision, s.look_back) for s in specs):
-        log.info("computing in-process references for %d clips (%s, look-back %s)", len(clips), *key)
-        refs[key] = reference_tokens(config.model_dir, clips, *key)
+    keys = list(dict.fromkeys((s.precision, s.look_back) for s in specs))
+    log.info("computing in-process references for %d clips (%s)", len(clips),
+             ", ".join(f"{precision}, look-back {look_back}" for precision, look_back in keys))
+    refs = references(config.model_dir, clips, keys)
     systems = []
     with tqdm(unit="trial", dynamic_ncols=True) as bar:
         for spec in specs:

@@ -22,11 +22,11 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.common import RESULTS, Timer, resolve_model
+
 DEFAULT_BATCHES = (1, 2, 4, 8, 16)
 
 
@@ -43,9 +43,8 @@ def compare(model_dir: Path, batches: list[int], rounds: int) -> dict[str, Any]:
     int8 = copy.deepcopy(stack)
     set_precision(int8, "int8")
     with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        path = onnx_encoder._export(encoder, Path(tmp) / "encoder.onnx")
-        export_s = time.perf_counter() - started
+        with Timer() as export:
+            path = onnx_encoder._export(encoder, Path(tmp) / "encoder.onnx")
         runtime = onnx_encoder.OnnxEncoder(path, threads=1)
     layers, heads, d_k = onnx_encoder.cache_shape(encoder)
     rows = []
@@ -66,9 +65,9 @@ def compare(model_dir: Path, batches: list[int], rounds: int) -> dict[str, Any]:
             outputs = {name: run()[0] for name, run in candidates.items()}  # warm-up, and the numbers compared
             for _ in range(rounds):
                 for name, run in candidates.items():
-                    t0 = time.perf_counter()
-                    run()
-                    times[name].append((time.perf_counter() - t0) * 1000)
+                    with Timer() as timer:
+                        run()
+                    times[name].append(timer.wall_ms)
         exact = outputs["torch eager fp32"]
         rows.append({
             "batch": b,
@@ -78,7 +77,7 @@ def compare(model_dir: Path, batches: list[int], rounds: int) -> dict[str, Any]:
         })
     import onnxruntime
 
-    return {"model": model_dir.name, "threads": 1, "rounds": rounds, "export_s": round(export_s, 1),
+    return {"model": model_dir.name, "threads": 1, "rounds": rounds, "export_s": round(export.wall_s, 1),
             "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}, "rows": rows}
 
 
@@ -100,8 +99,6 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.__main__ import resolve_model
-
     parser = argparse.ArgumentParser(prog="python -m benchmarks.runtime_compare", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="large-random")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(DEFAULT_BATCHES))

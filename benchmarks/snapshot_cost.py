@@ -15,8 +15,6 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def measure(model_dir: Path, strides: int) -> dict[str, object]:
     import torch
@@ -57,8 +55,8 @@ def measure(model_dir: Path, strides: int) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.__main__ import RESULTS, resolve_model
-    from benchmarks.report import git_commit, machine, versions
+    from benchmarks.common import RESULTS, git_commit, machine, resolve_model
+    from benchmarks.report import versions
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.snapshot_cost")
     parser.add_argument("--model", default="large-random")

@@ -24,10 +24,12 @@ import numpy as np
 
 from app.client import ParastreamClient
 from benchmarks.audio import synth_speechlike
+from benchmarks.common import RESULTS, git_commit, machine, resolve_model, usable_cores
 from benchmarks.loadgen import run_stream
 from benchmarks.references import reference_tokens
-from benchmarks.resources import descendants, role, smaps_rollup
-from benchmarks.systems import RunningSystem, SystemSpec, all_systems, usable_cores
+from benchmarks.report import versions
+from benchmarks.resources import descendants, memory_kb, role
+from benchmarks.systems import RunningSystem, SystemSpec, all_systems
 from engine.ring import list_segments
 
 # Descriptors a service opens once, lazily, after its first sessions (executor threads' pipes and the like). A leak
@@ -66,7 +68,7 @@ class Timeline:
     def sample(self) -> dict[str, Any]:
         procs = {}
         for pid in [self.root, *descendants(self.root)]:
-            mem = smaps_rollup(pid)
+            mem = memory_kb(pid)
             if mem:
                 procs[f"{role(pid, self.root)}-{pid}"] = {**mem, "fds": _fds(pid)}
         segments, shm_bytes = _shm(self.root)
@@ -115,8 +117,8 @@ def run_soak(model_dir: Path, streams: int, seconds: float, sample_every: float,
     spec: SystemSpec = next(s for s in all_systems(model_dir) if s.name == f"parastream-{usable_cores()}w")
     tally = {"clients": streams, "sessions": 0, "errors": 0, "wrong": 0}
     with RunningSystem(spec, model_dir) as system:
-        start = Timeline(system.proc.pid, sample_every).sample()
-        with Timeline(system.proc.pid, sample_every) as timeline:
+        start = Timeline(system.pid, sample_every).sample()
+        with Timeline(system.pid, sample_every) as timeline:
             deadline = time.monotonic() + seconds
 
             async def clients() -> None:
@@ -126,8 +128,8 @@ def run_soak(model_dir: Path, streams: int, seconds: float, sample_every: float,
 
             asyncio.run(clients())
         time.sleep(2 * sample_every)  # let the last sessions end and their segments go
-        idle = Timeline(system.proc.pid, sample_every).sample()
-        pid = system.proc.pid
+        idle = Timeline(system.pid, sample_every).sample()
+        pid = system.pid
     leftover = [n for n in list_segments() if n.startswith(f"parastream_{pid}_")]
     samples = timeline.samples
     t0 = samples[0]["t"] if samples else 0.0
@@ -176,8 +178,6 @@ def _slope(points: Any) -> float:
 def write(result: dict[str, Any], out: Path, name: str) -> None:
     import matplotlib
 
-    from benchmarks.report import git_commit, machine, versions
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -208,8 +208,6 @@ def write(result: dict[str, Any], out: Path, name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.__main__ import RESULTS, resolve_model
-
     parser = argparse.ArgumentParser(prog="python -m benchmarks.soak")
     parser.add_argument("--model", default="tiny-random")
     parser.add_argument("--streams", type=int, default=40)

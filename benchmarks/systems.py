@@ -13,23 +13,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0))
+from benchmarks.common import ServerProcess, free_port, usable_cores
 
 
 @dataclass(frozen=True)
@@ -96,61 +84,22 @@ def all_systems(model_dir: Path) -> list[SystemSpec]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RunningSystem:
-    """A system's server process: start, wait for /readyz, find its process tree, stop."""
+class RunningSystem(ServerProcess):
+    """A system's server process, started at once: `with` waits for /readyz and stops it at the end."""
 
     def __init__(self, spec: SystemSpec, model_dir: Path) -> None:
         self.spec = spec
-        self.port = _free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **spec.env, "PARASTREAM_MODEL": str(model_dir), "PARASTREAM_PORT": str(self.port)}
+        port = free_port()
         argv = list(spec.argv)
         if any(arg.startswith("benchmarks.baselines.") for arg in argv):
-            argv += ["--port", str(self.port)]
-        self._log = tempfile.NamedTemporaryFile(prefix=f"bench-{spec.name}-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            argv += ["--port", str(port)]
+        env = {**spec.env, "PARASTREAM_MODEL": str(model_dir), "PARASTREAM_PORT": str(port)}
+        super().__init__(argv, env, port=port, name=f"bench-{spec.name}", ready_timeout=300)
+        self.start(wait=False)
 
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.spec.name} exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"{self.spec.name} not ready in {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return Path(self._log.name).read_text(errors="replace")[-5000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                pass
+    def close(self, strict: bool = False) -> None:
+        """Stopped gracefully if it will (a warning if not), killed otherwise; its log goes with it."""
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # anything left of the group
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
-        Path(self._log.name).unlink(missing_ok=True)
-
-    def __enter__(self) -> RunningSystem:
-        self.wait_ready()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+            super().close(strict)
+        finally:
+            self.remove_log()

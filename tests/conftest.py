@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.common import MODEL_CACHE
+
 # Built models are cached across test runs (the tiny one takes a few seconds to build, mostly importing
-# funasr); point PARASTREAM_TEST_CACHE elsewhere to use a scratch cache.
-CACHE = Path(os.environ.get("PARASTREAM_TEST_CACHE", Path.home() / ".cache" / "parastream"))
+# funasr), where the benchmarks keep theirs; point PARASTREAM_TEST_CACHE elsewhere to use a scratch cache.
+CACHE = Path(os.environ.get("PARASTREAM_TEST_CACHE", MODEL_CACHE))
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,8 @@ import pytest
 from app.client import ParastreamClient
 from tests.audio import synth_speechlike
 from tests.harness import ServiceProcess, segments_of
+from tests.helpers import PCM, collect, session_info, until
 from tests.reference_cache import reference_tokens
-
-PCM = {"Content-Type": "application/octet-stream"}
 
 
 def _error(r: httpx.Response, status: int, code: str) -> dict:
@@ -115,9 +114,13 @@ def test_delete_aborts_frees_and_tells_subscribers(service: ServiceProcess) -> N
     async def run() -> list:
         async with ParastreamClient(service.base_url) as client:
             session = await client.create_session()
-            events = asyncio.create_task(_events(client, session["id"]))
+            events = asyncio.create_task(collect(client, session["id"]))
             await client.append(session["id"], synth_speechlike(2.0, seed=3))
-            await asyncio.sleep(0.2)
+
+            async def transcribing() -> bool:
+                return (await session_info(client, session["id"]))["samples_processed"] > 0
+
+            await until(transcribing, 30, "the first stride")  # aborted mid-stream, holding its ring
             assert len(segments_of(service.pid)) >= 1
             r = await client.http.delete(f"/v1/sessions/{session['id']}")
             assert r.status_code == 204
@@ -128,10 +131,6 @@ def test_delete_aborts_frees_and_tells_subscribers(service: ServiceProcess) -> N
     assert events[-1].type == "error" and events[-1].data["code"] == "aborted"
 
 
-async def _events(client: ParastreamClient, sid: str) -> list:
-    return [e async for e in client.events(sid)]
-
-
 def test_bad_requests_leave_a_concurrent_session_exact(service: ServiceProcess, model_dir: Path) -> None:
     """A bystander streams while another client sends every kind of bad request at it and around it."""
     clip = synth_speechlike(5.0, seed=21)
@@ -140,7 +139,7 @@ def test_bad_requests_leave_a_concurrent_session_exact(service: ServiceProcess, 
         async with ParastreamClient(service.base_url) as client:
             bystander = (await client.create_session())["id"]
             victim = (await client.create_session())["id"]
-            events = asyncio.create_task(_events(client, bystander))
+            events = asyncio.create_task(collect(client, bystander))
             http = client.http
             bad = [
                 lambda: http.post(f"/v1/sessions/{bystander}/audio", content=b"\x01\x02\x03", headers=PCM),

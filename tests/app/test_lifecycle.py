@@ -14,12 +14,12 @@ import httpx
 import pytest
 
 from app.client import ParastreamClient
+from benchmarks.common import free_port
 from benchmarks.resources import descendants
 from tests.audio import synth_speechlike
-from tests.harness import CLEAN_EXIT, ROOT, ServiceProcess, alive, free_port, segments_of, wait_for
+from tests.harness import CLEAN_EXIT, ROOT, ServiceProcess, alive, segments_of, wait_for
+from tests.helpers import PCM, collect
 from tests.reference_cache import reference_tokens
-
-PCM = {"Content-Type": "application/octet-stream"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_idle_session_is_evicted_and_freed(small: ServiceProcess) -> None:
     async def run() -> tuple[list, str]:
         async with ParastreamClient(small.base_url) as client:
             session = await client.create_session()
-            events = asyncio.create_task(_events(client, session["id"]))
+            events = asyncio.create_task(collect(client, session["id"]))
             await client.append(session["id"], synth_speechlike(1.0, seed=5))
             wait_for(lambda: _worker_sessions(small) == 1, what="the worker to hold the cache")
             assert segments_of(small.pid)
@@ -60,10 +60,6 @@ def test_idle_session_is_evicted_and_freed(small: ServiceProcess) -> None:
 
 def _worker_sessions(svc: ServiceProcess) -> int:
     return sum(w["worker_sessions"] or 0 for w in svc.workers())
-
-
-async def _events(client: ParastreamClient, sid: str) -> list:
-    return [e async for e in client.events(sid)]
 
 
 def test_max_sessions_gives_503_with_retry_after(small: ServiceProcess) -> None:
@@ -108,7 +104,7 @@ def test_sigkilled_worker_is_replaced_and_its_session_carried_on(small: ServiceP
     async def run() -> tuple[list, list]:
         async with ParastreamClient(small.base_url) as client:
             session = await client.create_session()
-            events = asyncio.create_task(_events(client, session["id"]))
+            events = asyncio.create_task(collect(client, session["id"]))
             await client.append(session["id"], clip[:16000])
             slot = session["worker"]
             before = small.workers()[slot]
@@ -123,7 +119,7 @@ def test_sigkilled_worker_is_replaced_and_its_session_carried_on(small: ServiceP
             assert after["generation"] == before["generation"] + 1 and after["restarts"] == before["restarts"] + 1
             # The replacement serves new sessions (placement fills the emptier slot first).
             fresh = await client.create_session()
-            done = asyncio.create_task(_events(client, fresh["id"]))
+            done = asyncio.create_task(collect(client, fresh["id"]))
             await client.append(fresh["id"], synth_speechlike(1.5, seed=10))
             await client.close(fresh["id"])
             return got, await asyncio.wait_for(done, 20)

@@ -5,55 +5,23 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import re
 import signal
-import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 from app.client import ParastreamClient, TranscriptEvent
 from tests.audio import synth_speechlike
 from tests.harness import ServiceProcess, segments_of
+from tests.helpers import assert_clean_log, collect, metric, session_info, stream_in_pieces, until
 from tests.reference_cache import reference_tokens
 
-
-async def _collect(client: ParastreamClient, sid: str) -> list[TranscriptEvent]:
-    return [e async for e in client.events(sid)]
-
-
-def _assert_clean_log(events: list[TranscriptEvent], expected: list[str]) -> None:
-    """Final tokens exact; ids 1..n with no gap or repeat; partials add up to the final (nothing twice)."""
-    assert events[-1].type == "final", events[-1]
-    assert events[-1].data["tokens"] == expected
-    assert [e.id for e in events] == list(range(1, len(events) + 1))
-    assert [t for e in events if e.type == "partial" for t in e.data["tokens"]] == expected
+MOVED = (0, 1, 2, 3)  # the sessions moved mid-stream in test_forced_migrations_mid_stream_change_nothing
+HELD_BACK = 16_000  # the last second of each of those, sent only once their moves are done
 
 
 def _migrated(base_url: str, reason: str) -> float:
-    text = httpx.get(f"{base_url}/metrics").text
-    found = re.search(rf'^parastream_sessions_migrated_total{{reason="{reason}"}} (\S+)$', text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
-async def _until(predicate, timeout: float = 30.0, what: str = "condition") -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-async def _stream(client: ParastreamClient, sid: str, clip: np.ndarray, seed: int, speed: float = 2.0) -> None:
-    """Append `clip` in random pieces at `speed` x real time."""
-    r, pos = random.Random(seed), 0
-    while pos < len(clip):
-        n = r.randint(1, 16_000)
-        await client.append(sid, clip[pos : pos + n])
-        pos += n
-        await asyncio.sleep(n / 16000 / speed)
+    return metric(base_url, f'parastream_sessions_migrated_total{{reason="{reason}"}}')
 
 
 def test_balancer_moves_a_session_when_one_worker_empties(model_dir: Path) -> None:
@@ -65,9 +33,9 @@ def test_balancer_moves_a_session_when_one_worker_empties(model_dir: Path) -> No
         async def run() -> tuple[list[list[TranscriptEvent]], list[dict]]:
             async with ParastreamClient(svc.base_url) as client:
                 sessions = [(await client.create_session())["id"] for _ in clips]
-                placed = [(await client.http.get(f"/v1/sessions/{sid}")).json()["worker"] for sid in sessions]
+                placed = [(await session_info(client, sid))["worker"] for sid in sessions]
                 assert placed == [0, 1, 0, 1]  # placement spreads them evenly: nothing to balance yet
-                watchers = [asyncio.create_task(_collect(client, sid)) for sid in sessions]
+                watchers = [asyncio.create_task(collect(client, sid)) for sid in sessions]
                 # Everyone gets audio; worker 1's two short sessions end, leaving it idle and worker 0 with two.
                 for sid, clip in zip(sessions, clips):
                     await client.append(sid, clip[:24_000])
@@ -77,23 +45,26 @@ def test_balancer_moves_a_session_when_one_worker_empties(model_dir: Path) -> No
                 await asyncio.gather(watchers[1], watchers[3])
 
                 async def moved() -> bool:
-                    return (await client.http.get(f"/v1/sessions/{sessions[2]}")).json()["worker"] == 1
+                    return (await session_info(client, sessions[2]))["worker"] == 1
 
                 # Worker 0's sessions stream on meanwhile; the newest of them (session 2) is the one moved.
                 streams = [
-                    asyncio.create_task(_stream(client, sessions[i], clips[i][24_000:], seed=i)) for i in (0, 2)
+                    asyncio.create_task(
+                        stream_in_pieces(client, sessions[i], clips[i][24_000:], random.Random(i), speed=2.0, close=False)
+                    )
+                    for i in (0, 2)
                 ]
-                await _until(moved, 10, "the balancer to move session 2 to worker 1")
+                await until(moved, 10, "the balancer to move session 2 to worker 1")
                 await asyncio.gather(*streams)
                 for i in (0, 2):
                     await client.close(sessions[i])
                 results = await asyncio.wait_for(asyncio.gather(*watchers), 60)
-                infos = [(await client.http.get(f"/v1/sessions/{sid}")).json() for sid in sessions]
+                infos = [await session_info(client, sid) for sid in sessions]
                 return results, infos
 
         results, infos = asyncio.run(run())
         for clip, events in zip(clips, results):
-            _assert_clean_log(events, reference_tokens(model_dir, clip))
+            assert_clean_log(events, reference_tokens(model_dir, clip))
         assert [info["migrations"] for info in infos] == [0, 0, 1, 0]
         assert [info["restores"] for info in infos] == [0, 0, 0, 0]  # a move is no crash restore
         assert _migrated(svc.base_url, "rebalance") == 1  # one move evened it out (1/1): no more
@@ -116,15 +87,23 @@ def test_forced_migrations_mid_stream_change_nothing(model_dir: Path) -> None:
             async with ParastreamClient(svc.base_url) as client:
                 http = client.http
                 sessions = [(await client.create_session())["id"] for _ in clips]
-                watchers = [asyncio.create_task(_collect(client, sid)) for sid in sessions]
+                watchers = [asyncio.create_task(collect(client, sid)) for sid in sessions]
                 appended = {sid: asyncio.Event() for sid in sessions}
+                mid_stream_moves_done = asyncio.Event()
                 moves_done = asyncio.Event()
 
                 async def info(sid: str) -> dict:
-                    return (await http.get(f"/v1/sessions/{sid}")).json()
+                    return await session_info(client, sid)
 
                 async def stream(i: int) -> None:
-                    await _stream(client, sessions[i], clips[i], seed=i)
+                    # The moved sessions hold their last second back until their moves are done: every move lands
+                    # mid-stream, however slow the machine.
+                    clip = clips[i]
+                    cut = len(clip) - HELD_BACK if i in MOVED else len(clip)
+                    await stream_in_pieces(client, sessions[i], clip[:cut], random.Random(i), speed=2.0, close=False)
+                    if cut < len(clip):
+                        await mid_stream_moves_done.wait()
+                        await client.append(sessions[i], clip[cut:])
                     appended[sessions[i]].set()
                     await moves_done.wait()  # every session is open while the moves happen
                     await client.close(sessions[i])  # (the held one was closed before: closing twice is harmless)
@@ -141,7 +120,7 @@ def test_forced_migrations_mid_stream_change_nothing(model_dir: Path) -> None:
                     async def arrived() -> bool:
                         return (await info(sid))["worker"] == moved["worker"]
 
-                    await _until(arrived, 10, f"session {sid} to reach worker {moved['worker']}")
+                    await until(arrived, 10, f"session {sid} to reach worker {moved['worker']}")
                     return moved
 
                 async def mover() -> tuple[int, list[tuple[dict, int]]]:
@@ -154,7 +133,11 @@ def test_forced_migrations_mid_stream_change_nothing(model_dir: Path) -> None:
                     same = await migrate(sid, {"worker": here})
                     assert same.status_code == 422 and same.json()["error"]["code"] == "invalid_worker"
                     assert (await migrate(sid, {"worker": -1})).status_code == 422
-                    await asyncio.sleep(0.8)  # some strides done everywhere
+
+                    async def strides_done_everywhere() -> bool:
+                        return all([(await info(sid))["samples_processed"] > 0 for sid in sessions])
+
+                    await until(strides_done_everywhere, 30, "a stride done in every session")
                     # Moves mid-stream: default target (the least-loaded other worker), an explicit one, and back.
                     moves = [await move_and_wait(sessions[0])]
                     when = [(await info(sessions[0]), len(clips[0]))]
@@ -164,6 +147,7 @@ def test_forced_migrations_mid_stream_change_nothing(model_dir: Path) -> None:
                         when.append((await info(sessions[i]), len(clips[i])))
                     moves.append(await move_and_wait(sessions[0]))  # there and back
                     when.append((await info(sessions[0]), len(clips[0])))
+                    mid_stream_moves_done.set()
                     # A move held in flight: stop the worker the held session is on, so it cannot answer DetachSession.
                     await appended[sessions[held]].wait()
                     source = (await info(sessions[held]))["worker"]
@@ -185,9 +169,12 @@ def test_forced_migrations_mid_stream_change_nothing(model_dir: Path) -> None:
                         os.kill(pid, signal.SIGCONT)
 
                     async def held_arrived() -> bool:
-                        return (await info(sessions[held]))["worker"] == 1 - source
+                        # Counted once the target has it; closed and fully received, it may end (and leave every
+                        # worker) right after, so the worker alone is no condition to wait for.
+                        state = await info(sessions[held])
+                        return state["migrations"] == 1 and state["worker"] in (1 - source, None)
 
-                    await _until(held_arrived, 10, "the held move to finish")
+                    await until(held_arrived, 10, "the held move to finish")
                     moves_done.set()
                     return len(moves) + 1, when
 
@@ -202,7 +189,7 @@ def test_forced_migrations_mid_stream_change_nothing(model_dir: Path) -> None:
 
         results, infos, moved, when = asyncio.run(run())
         for clip, events in zip(clips, results):
-            _assert_clean_log(events, reference_tokens(model_dir, clip))
+            assert_clean_log(events, reference_tokens(model_dir, clip))
         # Mid-stream: each move landed after the session had transcribed audio and before all of it was in.
         for state, length in when:
             assert 0 < state["samples_processed"] and state["samples_received"] < length, state

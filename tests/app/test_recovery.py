@@ -6,10 +6,10 @@ import asyncio
 import json
 import os
 import random
-import re
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,21 +20,8 @@ from app.client import ParastreamClient, TranscriptEvent
 from engine.ring import list_segments
 from tests.audio import synth_speechlike
 from tests.harness import CLEAN_EXIT, ServiceProcess, alive, segments_of, wait_for
+from tests.helpers import PCM, assert_clean_log, collect, metric, stream_in_pieces, until
 from tests.reference_cache import reference_tokens
-
-PCM = {"Content-Type": "application/octet-stream"}
-
-
-async def _collect(client: ParastreamClient, sid: str) -> list[TranscriptEvent]:
-    return [e async for e in client.events(sid)]
-
-
-def _assert_clean_log(events: list[TranscriptEvent], expected: list[str]) -> None:
-    """Final tokens exact; ids 1..n with no gap or repeat; partials add up to the final (nothing twice)."""
-    assert events[-1].type == "final", events[-1]
-    assert events[-1].data["tokens"] == expected
-    assert [e.id for e in events] == list(range(1, len(events) + 1))
-    assert [t for e in events if e.type == "partial" for t in e.data["tokens"]] == expected
 
 
 @pytest.mark.parametrize("backend", ["auto", "torch"])  # the default (the encoder on ONNX Runtime) and the reference
@@ -44,15 +31,6 @@ def test_sigkilled_workers_mid_stream_change_nothing(model_dir: Path, backend: s
     rng = random.Random(4)
     settings = dict(workers=2, max_append_bytes=64_000, worker_ping_interval_s=0.2, backend=backend)
     with ServiceProcess(model_dir, **settings) as svc:
-
-        async def stream(client: ParastreamClient, sid: str, clip: np.ndarray, seed: int) -> None:
-            r, pos = random.Random(seed), 0
-            while pos < len(clip):
-                n = r.randint(1, 32_000)
-                await client.append(sid, clip[pos : pos + n])
-                pos += n
-                await asyncio.sleep(n / 16000 * 0.5)  # half real time: ~3 s a session, so the kills land mid-stream
-            await client.close(sid)
 
         async def killer() -> list[int]:
             killed = []
@@ -70,26 +48,41 @@ def test_sigkilled_workers_mid_stream_change_nothing(model_dir: Path, backend: s
         async def run() -> tuple[list[list[TranscriptEvent]], list[int]]:
             async with ParastreamClient(svc.base_url) as client:
                 sessions = [(await client.create_session())["id"] for _ in clips]
-                watchers = [asyncio.create_task(_collect(client, sid)) for sid in sessions]
+                watchers = [asyncio.create_task(collect(client, sid)) for sid in sessions]
                 kills = asyncio.create_task(killer())
-                await asyncio.gather(*(stream(client, sid, c, i) for i, (sid, c) in enumerate(zip(sessions, clips))))
+                # Pieces of up to 2 s at twice real time: ~3 s a session, so the kills land mid-stream.
+                await asyncio.gather(
+                    *(
+                        stream_in_pieces(client, sid, c, random.Random(i), max_piece=32_000, speed=2.0)
+                        for i, (sid, c) in enumerate(zip(sessions, clips))
+                    )
+                )
                 results = await asyncio.wait_for(asyncio.gather(*watchers), 120)
                 return results, await kills
 
         results, killed = asyncio.run(run())
         assert len(killed) == 2
         for clip, events in zip(clips, results):
-            _assert_clean_log(events, reference_tokens(model_dir, clip))
-        metrics = httpx.get(f"{svc.base_url}/metrics").text
-        restored = float(re.search(r"^parastream_sessions_restored_total (\S+)$", metrics, re.M).group(1))
-        assert restored >= 2  # each kill hit sessions that were carried over
+            assert_clean_log(events, reference_tokens(model_dir, clip))
+        assert metric(svc.base_url, "parastream_sessions_restored_total") >= 2  # each kill hit sessions that were carried over
     assert segments_of(svc.pid) == []
     svc.remove_log()
 
 
-def test_retried_append_is_idempotent_and_gaps_are_refused(model_dir: Path) -> None:
+@pytest.fixture(scope="module")
+def one_worker(model_dir: Path) -> Iterator[ServiceProcess]:
+    """One worker, shared by the tests that need nothing else of a service but what the stalled-subscriber test
+    sets: a 1 s SSE send timeout, 620 s rings, 20 MB appends and a 16 KB kernel send buffer."""
+    settings = dict(workers=1, sse_send_timeout_s=1, ring_seconds=620, max_append_bytes=20_000_000, send_buffer_bytes=16384)
+    with ServiceProcess(model_dir, **settings) as svc:
+        yield svc
+    assert segments_of(svc.pid) == []
+    svc.remove_log()
+
+
+def test_retried_append_is_idempotent_and_gaps_are_refused(one_worker: ServiceProcess, model_dir: Path) -> None:
     clip = synth_speechlike(3.0, seed=77)
-    with ServiceProcess(model_dir, workers=1) as svc, httpx.Client(base_url=svc.base_url, timeout=30) as http:
+    with httpx.Client(base_url=one_worker.base_url, timeout=30) as http:
         sid = http.post("/v1/sessions").json()["id"]
         url = f"/v1/sessions/{sid}/audio"
         a, b, c = clip[:20000], clip[20000:30000], clip[30000:]
@@ -115,7 +108,6 @@ def test_retried_append_is_idempotent_and_gaps_are_refused(model_dir: Path) -> N
         # A retry after close that repeats received audio is still just acknowledged.
         assert http.post(url, params={"offset": 0}, content=a.tobytes(), headers=PCM).status_code == 200
         assert http.post(url, params={"offset": -1}, content=a.tobytes(), headers=PCM).status_code == 422
-    svc.remove_log()
 
 
 def test_boot_failure_loop_halts_the_slot_and_moves_its_sessions(model_dir: Path, tmp_path: Path) -> None:
@@ -128,7 +120,7 @@ def test_boot_failure_loop_halts_the_slot_and_moves_its_sessions(model_dir: Path
         async def run() -> tuple[list[list[TranscriptEvent]], dict]:
             async with ParastreamClient(svc.base_url) as client:
                 sessions = [(await client.create_session())["id"] for _ in clips]
-                watchers = [asyncio.create_task(_collect(client, sid)) for sid in sessions]
+                watchers = [asyncio.create_task(collect(client, sid)) for sid in sessions]
                 for sid, clip in zip(sessions, clips):
                     await client.append(sid, clip[:32000])
                 fail_file.touch()  # from now on every new worker dies while booting
@@ -143,14 +135,14 @@ def test_boot_failure_loop_halts_the_slot_and_moves_its_sessions(model_dir: Path
         results, ready = asyncio.run(run())
         assert ready.status_code == 503 and "PARASTREAM_MAX_BOOT_FAILURES" in ready.json()["reason"]
         for clip, events in zip(clips, results):  # slot 0's sessions moved to slot 1 and came out exact
-            _assert_clean_log(events, reference_tokens(model_dir, clip))
+            assert_clean_log(events, reference_tokens(model_dir, clip))
         assert "failed to boot 3 times" in svc.log()
 
         # Now the last healthy worker dies too: its sessions end with a clear error.
         async def orphaned() -> list[TranscriptEvent]:
             async with ParastreamClient(svc.base_url) as client:
                 sid = (await client.create_session())["id"]
-                watcher = asyncio.create_task(_collect(client, sid))
+                watcher = asyncio.create_task(collect(client, sid))
                 await client.append(sid, clips[0][:20000])
                 os.kill(svc.workers()[1]["pid"], signal.SIGKILL)
                 return await asyncio.wait_for(watcher, 60)
@@ -169,15 +161,19 @@ def test_sigterm_drains_then_exits_within_grace(model_dir: Path) -> None:
             async with ParastreamClient(svc.base_url) as client:
                 closed = (await client.create_session())["id"]
                 still_open = (await client.create_session())["id"]
-                w_closed = asyncio.create_task(_collect(client, closed))
-                w_open = asyncio.create_task(_collect(client, still_open))
+                w_closed = asyncio.create_task(collect(client, closed))
+                w_open = asyncio.create_task(collect(client, still_open))
                 worker = svc.workers()[0]["pid"]
                 os.kill(worker, signal.SIGSTOP)  # hold the work back so the drain has something to finish
                 await client.append(closed, closed_clip)
                 await client.close(closed)
                 await client.append(still_open, open_clip)
                 svc.proc.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.5)
+
+                async def draining() -> bool:  # /readyz turns 503 once the drain has begun
+                    return (await client.http.get("/readyz")).status_code == 503
+
+                await until(draining, 10, "the drain to begin")
                 refused = (await client.http.post("/v1/sessions")).status_code
                 os.kill(worker, signal.SIGCONT)
                 started = time.monotonic()
@@ -188,7 +184,7 @@ def test_sigterm_drains_then_exits_within_grace(model_dir: Path) -> None:
         code = svc.proc.wait(15)
         assert code in CLEAN_EXIT and time.monotonic() - started < 8 + 5
         assert refused == 503  # no new sessions while draining
-        _assert_clean_log(closed_events, reference_tokens(model_dir, closed_clip))
+        assert_clean_log(closed_events, reference_tokens(model_dir, closed_clip))
         assert open_events[-1].type == "error" and open_events[-1].data["code"] == "shutdown"
         # Every full stride received before SIGTERM was transcribed before the error.
         received_strides = len(open_clip) // 9600
@@ -220,14 +216,14 @@ def test_api_process_sigkilled_leaves_no_orphans_and_next_start_cleans(model_dir
 
 
 
-def test_stalled_subscriber_is_cut_off_and_resumes(model_dir: Path) -> None:
+def test_stalled_subscriber_is_cut_off_and_resumes(one_worker: ServiceProcess) -> None:
     """A subscriber that stops reading holds no queue: the send timeout drops it, and Last-Event-ID resumes it."""
     # 1000 strides of partials (~200 KB of events) overrun what sits between the server and a client that reads
     # nothing: asyncio's 64 KB write buffer, a 16 KB kernel send buffer (PARASTREAM_SEND_BUFFER_BYTES; the autotuned
     # one would hide megabytes) and the client's 4 KB window.
     clip = synth_speechlike(600.0, seed=88)
-    settings = dict(workers=1, sse_send_timeout_s=1, ring_seconds=620, max_append_bytes=20_000_000, send_buffer_bytes=16384)
-    with ServiceProcess(model_dir, **settings) as svc, httpx.Client(base_url=svc.base_url, timeout=60) as http:
+    svc = one_worker
+    with httpx.Client(base_url=svc.base_url, timeout=60) as http:
         sid = http.post("/v1/sessions").json()["id"]
         stalled = socket.socket()
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: it sets the TCP window
@@ -248,7 +244,6 @@ def test_stalled_subscriber_is_cut_off_and_resumes(model_dir: Path) -> None:
         assert "event: final" in resumed  # ...and picks up where it stopped
         first_resumed = int(next(l for l in resumed.splitlines() if l.startswith("id:")).split(":")[1])
         assert first_resumed == ids[-1] + 1
-    svc.remove_log()
 
 
 def test_resume_past_retained_history_says_so(model_dir: Path) -> None:

@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import random
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,28 +14,16 @@ import numpy as np
 
 from app.client import ParastreamClient, TranscriptEvent
 from benchmarks import server_metrics
+from benchmarks.common import cpu_model, git_commit
 from engine.settings import Settings
 from tests.audio import synth_speechlike
 from tests.harness import ServiceProcess
+from tests.helpers import collect, session_info, stream_in_pieces, subscribed, until
 from tests.reference_cache import reference_tokens
 
 STRIDE = 9600
 # Lengths chosen to hit every ending: exact stride multiples, a tail under 960 samples, tails over 960.
 CLIP_SAMPLES = [8 * STRIDE, 5 * STRIDE + 500, 6 * STRIDE + 5000, 3 * STRIDE + 959, 7 * STRIDE + 961, 9 * STRIDE + 9599, 4 * STRIDE, 2 * STRIDE + 1234]
-
-
-async def _collect(client: ParastreamClient, session_id: str, last_event_id: int | None = None) -> list[TranscriptEvent]:
-    return [event async for event in client.events(session_id, last_event_id)]
-
-
-async def _stream_in_random_splits(client: ParastreamClient, session_id: str, pcm: np.ndarray, rng: random.Random) -> None:
-    pos = 0
-    while pos < len(pcm):
-        n = rng.randint(1, 32_000)  # 1 sample up to 2 s
-        await client.append(session_id, pcm[pos : pos + n])
-        pos += n
-        await asyncio.sleep(rng.uniform(0, 0.02))  # interleave with the other sessions
-    await client.close(session_id)
 
 
 def test_eight_concurrent_sessions_match_the_in_process_reference(service: ServiceProcess, model_dir: Path) -> None:
@@ -45,20 +32,21 @@ def test_eight_concurrent_sessions_match_the_in_process_reference(service: Servi
     async def run() -> tuple[list[list[TranscriptEvent]], list[int]]:
         async with ParastreamClient(service.base_url) as client:
             sessions = [await client.create_session() for _ in clips]
-            watchers = [asyncio.create_task(_collect(client, s["id"])) for s in sessions]
+            watchers = [asyncio.create_task(collect(client, s["id"])) for s in sessions]
+            # Pieces of 1 sample up to 2 s, a pause of up to 20 ms after each to interleave the sessions.
             await asyncio.gather(
                 *(
-                    _stream_in_random_splits(client, s["id"], clip, random.Random(i))
+                    stream_in_pieces(client, s["id"], clip, random.Random(i), max_piece=32_000, jitter_s=0.02)
                     for i, (s, clip) in enumerate(zip(sessions, clips))
                 )
             )
             results = await asyncio.wait_for(asyncio.gather(*watchers), 120)
             return results, [s["worker"] for s in sessions]
 
-    started = time.monotonic()
+    metrics_before, started = server_metrics.scrape(service.base_url), time.monotonic()
     results, workers = asyncio.run(run())
     served_s = time.monotonic() - started
-    _maybe_record(model_dir, clips, results, workers, served_s, service.base_url)
+    _maybe_record(model_dir, clips, results, workers, served_s, service.base_url, metrics_before)
     assert sorted(set(workers)) == [0, 1], "sessions should spread over both workers"
     for clip, events in zip(clips, results):
         final = events[-1]
@@ -79,8 +67,8 @@ def test_resume_with_last_event_id_and_two_subscribers(service: ServiceProcess, 
         async with ParastreamClient(service.base_url) as client:
             session = await client.create_session()
             sid = session["id"]
-            first = asyncio.create_task(_collect(client, sid))
-            second = asyncio.create_task(_collect(client, sid))
+            first = asyncio.create_task(collect(client, sid))
+            second = asyncio.create_task(collect(client, sid))
             # A third subscriber drops after its 2nd event, then reconnects with Last-Event-ID.
             dropped: list[TranscriptEvent] = []
 
@@ -95,11 +83,11 @@ def test_resume_with_last_event_id_and_two_subscribers(service: ServiceProcess, 
                 await client.append(sid, clip[offset : offset + 4000])
                 await asyncio.sleep(0.01)
             await dropper
-            resumed_live = asyncio.create_task(_collect(client, sid, last_event_id=dropped[-1].id))
+            resumed_live = asyncio.create_task(collect(client, sid, last_event_id=dropped[-1].id))
             await client.close(sid)
             a, b, resumed = await asyncio.wait_for(asyncio.gather(first, second, resumed_live), 60)
             # After the end, a resume still replays from the log.
-            replay = await _collect(client, sid, last_event_id=1)
+            replay = await collect(client, sid, last_event_id=1)
             return a, b, dropped + resumed, replay
 
     a, b, reconnected, replay = asyncio.run(run())
@@ -115,11 +103,11 @@ def test_8khz_session_is_resampled(service: ServiceProcess) -> None:
     async def run() -> tuple[dict, list[TranscriptEvent]]:
         async with ParastreamClient(service.base_url) as client:
             session = await client.create_session(sample_rate=8000)
-            watcher = asyncio.create_task(_collect(client, session["id"]))
+            watcher = asyncio.create_task(collect(client, session["id"]))
             await client.append(session["id"], clip)
             await client.close(session["id"])
             events = await asyncio.wait_for(watcher, 60)
-            info = (await client.http.get(f"/v1/sessions/{session['id']}")).json()
+            info = await session_info(client, session["id"])
             return info, events
 
     info, events = asyncio.run(run())
@@ -134,6 +122,7 @@ def _maybe_record(
     workers: list[int],
     served_s: float,
     base_url: str,
+    metrics_before: dict[str, float] | None,
 ) -> None:
     """With PARASTREAM_EXACTNESS_REPORT=path, write what this run compared (for the large-random record)."""
     path = os.environ.get("PARASTREAM_EXACTNESS_REPORT")
@@ -145,25 +134,17 @@ def _maybe_record(
         got = events[-1].data.get("tokens") if events[-1].type == "final" else None
         sessions.append({"samples": len(clip), "worker": worker, "reference_tokens": len(expected),
                          "served_tokens": len(got or []), "identical": got == expected})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {
         "test": "test_eight_concurrent_sessions_match_the_in_process_reference",
         "model": model_dir.name, "workers": 2, "backend": Settings().resolved_backend(), "sessions": sessions,
         "all_identical": all(s["identical"] for s in sessions), "served_wall_s": round(served_s, 1),
-        # How the strides were batched (the service's /metrics since it started; batching is on by default).
-        "strides": server_metrics.trial_summary({}, server_metrics.scrape(base_url)),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
-        "commit": commit, "date": time.strftime("%Y-%m-%d"),
+        # How the strides were batched (the service's /metrics over this test; batching is on by default).
+        "strides": server_metrics.trial_summary(metrics_before, server_metrics.scrape(base_url)),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "commit": git_commit(mark_dirty=False), "date": time.strftime("%Y-%m-%d"),
         "note": "random weights: the tokens are gibberish; this checks exactness, not accuracy",
     }
     Path(path).write_text(json.dumps(record, indent=2) + "\n")
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def test_progress_subscribers_see_every_stride_and_the_same_ids(service: ServiceProcess) -> None:
@@ -172,9 +153,9 @@ def test_progress_subscribers_see_every_stride_and_the_same_ids(service: Service
     async def run() -> tuple[list[TranscriptEvent], list[TranscriptEvent]]:
         async with ParastreamClient(service.base_url) as client:
             sid = (await client.create_session())["id"]
-            plain = asyncio.create_task(_collect(client, sid))
-            with_progress = asyncio.create_task(_collect_progress(client, sid))
-            await asyncio.sleep(0.2)
+            plain = asyncio.create_task(collect(client, sid))
+            # Progress events are live only (never replayed): subscribe before the first audio.
+            with_progress = await subscribed(client, sid, progress=True)
             for offset in range(0, len(clip), 9600):
                 await client.append(sid, clip[offset : offset + 9600])
                 await asyncio.sleep(0.05)
@@ -190,24 +171,24 @@ def test_progress_subscribers_see_every_stride_and_the_same_ids(service: Service
     assert processed[-1] == len(clip)
 
 
-async def _collect_progress(client: ParastreamClient, session_id: str) -> list[TranscriptEvent]:
-    return [event async for event in client.events(session_id, progress=True)]
+def test_keepalive_pings_are_not_events(service: ServiceProcess) -> None:
+    """A stream idle longer than the ping interval (the service's is 0.2 s) gets keep-alive comments; clients must
+    see no event for them."""
+
+    async def run() -> list[TranscriptEvent]:
+        async with ParastreamClient(service.base_url) as client:
+            sid = (await client.create_session())["id"]
+            events = asyncio.create_task(collect(client, sid))
+            await client.append(sid, synth_speechlike(1.0, seed=3))
+            await until(lambda: _processed(client, sid), 30, "the first stride")
+            await asyncio.sleep(1.0)  # idle: several pings after the first partial
+            await client.close(sid)
+            return await asyncio.wait_for(events, 30)
+
+    events = asyncio.run(run())
+    assert [e.type for e in events][-1] == "final"
+    assert all(e.type in ("partial", "final") for e in events)
 
 
-def test_keepalive_pings_are_not_events(model_dir: Path) -> None:
-    """A stream idle longer than the ping interval gets keep-alive comments; clients must see no event for them."""
-    with ServiceProcess(model_dir, workers=1, sse_ping_s=0.2) as svc:
-
-        async def run() -> list[TranscriptEvent]:
-            async with ParastreamClient(svc.base_url) as client:
-                sid = (await client.create_session())["id"]
-                events = asyncio.create_task(_collect(client, sid))
-                await client.append(sid, synth_speechlike(1.0, seed=3))
-                await asyncio.sleep(1.0)  # several pings after the first partial
-                await client.close(sid)
-                return await asyncio.wait_for(events, 30)
-
-        events = asyncio.run(run())
-        assert [e.type for e in events][-1] == "final"
-        assert all(e.type in ("partial", "final") for e in events)
-    svc.remove_log()
+async def _processed(client: ParastreamClient, sid: str) -> bool:
+    return (await session_info(client, sid))["samples_processed"] > 0

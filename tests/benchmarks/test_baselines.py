@@ -10,12 +10,9 @@ computes a different function, so it must only end every session cleanly. All mu
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +22,11 @@ import numpy as np
 import pytest
 
 from app.client import ParastreamClient, TranscriptEvent
+from benchmarks.common import ServerProcess, free_port
 from engine.messages import StreamOptions
 from tests.audio import synth_speechlike
-from tests.harness import CLEAN_EXIT, ROOT, free_port
+from tests.harness import CLEAN_EXIT
+from tests.helpers import stream_in_pieces, subscribed
 from tests.reference_cache import reference_tokens
 
 STRIDE = 9600
@@ -44,56 +43,28 @@ SERVERS = {
 }
 
 
-class Baseline:
-    def __init__(self, mode: str, model_dir: Path) -> None:
-        self.mode = mode
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_file = tempfile.NamedTemporaryFile(prefix=f"baseline-{mode}-", suffix=".log", delete=False)
-        module, *args = SERVERS[mode]
-        args += ["--model", str(model_dir), "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            cwd=ROOT,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: a test's signals never reach pytest
-        )
-
-    def log(self) -> str:
-        return Path(self.log_file.name).read_text(errors="replace")[-20000:]
-
-    def wait_ready(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.mode} baseline exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.mode} baseline not ready:\n{self.log()}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        Path(self.log_file.name).unlink(missing_ok=True)
+def _start(mode: str, model_dir: Path) -> ServerProcess:
+    module, *args = SERVERS[mode]
+    port = free_port()
+    argv = [sys.executable, "-m", module, *args, "--model", str(model_dir), "--port", str(port)]
+    return ServerProcess(argv, port=port, name=f"{mode}-baseline").start(wait=False)
 
 
 @pytest.fixture(scope="module")
-def baselines(tiny_model_dir: Path) -> Iterator[dict[str, Baseline]]:
-    # Both start at once, so their ~8 s funasr imports overlap (and with the reference computed meanwhile).
-    servers = {mode: Baseline(mode, tiny_model_dir) for mode in SERVERS}
+def baselines(tiny_model_dir: Path) -> Iterator[dict[str, ServerProcess]]:
+    # All start at once, so their ~8 s funasr imports overlap (and with the reference computed meanwhile).
+    servers: dict[str, ServerProcess] = {}
     try:
+        for mode in SERVERS:
+            servers[mode] = _start(mode, tiny_model_dir)
         deadline = time.monotonic() + 120
         for server in servers.values():
-            server.wait_ready(deadline)
+            server.wait_ready(max(0.0, deadline - time.monotonic()))
         yield servers
     finally:
         for server in servers.values():
             server.kill()
+            server.remove_log()
 
 
 @pytest.fixture(scope="module")
@@ -101,38 +72,25 @@ def clips() -> list[np.ndarray]:
     return [synth_speechlike(n / 16000, seed=300 + i) for i, n in enumerate(CLIP_SAMPLES)]
 
 
-async def _stream(client: ParastreamClient, session_id: str, pcm: np.ndarray, rng: random.Random) -> None:
-    pos = 0
-    while pos < len(pcm):
-        n = rng.randint(1, 16_000)  # pieces of 1 sample up to 1 s, so strides straddle appends
-        await client.append(session_id, pcm[pos : pos + n])
-        pos += n
-        await asyncio.sleep(rng.uniform(0, 0.01))  # interleave the sessions
-    await client.close(session_id)
-
-
 async def _run_sessions(base_url: str, clips: list[np.ndarray]) -> list[list[TranscriptEvent]]:
     async with ParastreamClient(base_url) as client:
         sessions = [await client.create_session(sample_rate=16000) for _ in clips]
         assert all(s["worker"] == 0 and len(s["id"]) == 32 for s in sessions)
-        # Subscribe before the first append; the first session also asks for progress events.
-        watchers = [
-            asyncio.create_task(_collect(client, s["id"], progress=i == 0)) for i, s in enumerate(sessions)
-        ]
-        await asyncio.sleep(0.05)
+        # Subscribed before the first append; the first session also asks for progress events.
+        watchers = [await subscribed(client, s["id"], progress=i == 0) for i, s in enumerate(sessions)]
+        # Pieces of 1 sample up to 1 s, so strides straddle appends; a pause of up to 10 ms interleaves the sessions.
         await asyncio.gather(
-            *(_stream(client, s["id"], clip, random.Random(i)) for i, (s, clip) in enumerate(zip(sessions, clips)))
+            *(
+                stream_in_pieces(client, s["id"], clip, random.Random(i), jitter_s=0.01)
+                for i, (s, clip) in enumerate(zip(sessions, clips))
+            )
         )
         return await asyncio.wait_for(asyncio.gather(*watchers), 60)
 
 
-async def _collect(client: ParastreamClient, session_id: str, progress: bool) -> list[TranscriptEvent]:
-    return [event async for event in client.events(session_id, progress=progress)]
-
-
 @pytest.mark.parametrize(("mode", "look_back"), [("sequential", (4, 1)), ("onnx-fp32", (0, 0))])
 def test_exact_modes_match_funasr_reference(
-    baselines: dict[str, Baseline], clips: list[np.ndarray], tiny_model_dir: Path, mode: str, look_back: tuple[int, int]
+    baselines: dict[str, ServerProcess], clips: list[np.ndarray], tiny_model_dir: Path, mode: str, look_back: tuple[int, int]
 ) -> None:
     options = StreamOptions(encoder_chunk_look_back=look_back[0], decoder_chunk_look_back=look_back[1])
     expected = [reference_tokens(tiny_model_dir, clip, options) for clip in clips]
@@ -163,7 +121,7 @@ def test_exact_modes_match_funasr_reference(
 
 
 @pytest.mark.parametrize("mode", ["threads", "onnx-int8"])
-def test_inexact_modes_end_every_session(baselines: dict[str, Baseline], clips: list[np.ndarray], mode: str) -> None:
+def test_inexact_modes_end_every_session(baselines: dict[str, ServerProcess], clips: list[np.ndarray], mode: str) -> None:
     server = baselines[mode]
     results = asyncio.run(_run_sessions(server.base_url, clips))
     # No equality check: one AutoModel shared by threads may decode with another session's cache, and the int8
@@ -176,7 +134,7 @@ def test_inexact_modes_end_every_session(baselines: dict[str, Baseline], clips: 
     assert stats == {"generate_errors": ends.count("error"), "sessions": len(clips)}
 
 
-def test_contract_errors(baselines: dict[str, Baseline]) -> None:
+def test_contract_errors(baselines: dict[str, ServerProcess]) -> None:
     base = baselines["sequential"].base_url
     assert httpx.get(f"{base}/healthz").status_code == 200
     assert httpx.post(f"{base}/v1/sessions", json={"sample_rate": 8000}).status_code == 422
@@ -188,7 +146,7 @@ def test_contract_errors(baselines: dict[str, Baseline]) -> None:
     assert httpx.post(f"{base}/v1/sessions/{sid}/audio", content=b"\0\0").status_code == 409
 
 
-def test_every_mode_stops_cleanly_on_sigterm(baselines: dict[str, Baseline]) -> None:
+def test_every_mode_stops_cleanly_on_sigterm(baselines: dict[str, ServerProcess]) -> None:
     for server in baselines.values():
         server.proc.send_signal(signal.SIGTERM)
     for server in baselines.values():
