@@ -94,11 +94,6 @@ class Placement:
     def moving(self) -> frozenset[str]:
         return frozenset(self._migrations)
 
-    @property
-    def waiting(self) -> frozenset[str]:
-        """Orphans: sessions waiting for a ready worker."""
-        return frozenset(self._orphans)
-
     def _least_loaded(self, slots: Iterable[int]) -> int | None:
         return min(slots, key=lambda slot: (self.load(slot), slot), default=None)
 
