@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from engine.events import Failure, Final, Partial, Payload, SessionView, WorkerView
+from engine.events import Failure, Final, Partial, Payload, Sentence, SessionView, WorkerView
 
 
 class SessionCreate(BaseModel):
@@ -22,11 +22,30 @@ class SessionCreate(BaseModel):
     )
     encoder_chunk_look_back: int = Field(4, description="Encoder chunks of attention history")
     decoder_chunk_look_back: int = Field(1, description="Decoder chunks of attention history")
+    mode: Literal["online", "2pass", "offline"] | None = Field(
+        None,
+        description=(
+            "online: partials only. 2pass: partials plus a corrected, punctuated `sentence` per VAD-ended sentence. "
+            "offline: sentences only. Default: 2pass where the service has sentence models (PARASTREAM_VAD_MODEL, "
+            "PARASTREAM_OFFLINE_MODEL), else online; 2pass and offline are refused (400) without them."
+        ),
+    )
+    hotwords: str | None = Field(
+        None,
+        max_length=16384,
+        description=(
+            'Words to bias the offline model toward: space-separated ("阿里巴巴 达摩院") or FunASR clients\' JSON '
+            'object of word to weight (\'{"阿里巴巴": 20}\'); weights are accepted and ignored, as in FunASR\'s '
+            "Python path. Only the sentences (the offline model) use them."
+        ),
+    )
 
 
 class SessionInfo(BaseModel):
     id: str
     state: str = Field(description="open | closing | finished | failed | aborted")
+    mode: str = Field(description="online | 2pass | offline")
+    hotwords: str = Field(description="The hotwords as the offline model takes them: space-separated, weights dropped")
     sample_rate: int
     chunk_size: list[int]
     encoder_chunk_look_back: int
@@ -34,8 +53,9 @@ class SessionInfo(BaseModel):
     samples_received: int = Field(description="Samples received so far, at the session's sample rate")
     samples_processed: int = Field(description="Samples the worker has transcribed, at the session's sample rate")
     worker: int | None = Field(description="Worker slot serving this session (null while it moves after a crash)")
-    text: str = Field(description="Transcript so far")
-    tokens: int = Field(description="Tokens so far")
+    text: str = Field(description="Transcript so far (2pass and offline: the sentences so far)")
+    tokens: int = Field(description="Tokens of that transcript")
+    sentences: int = Field(description="Sentences so far (2pass and offline)")
     events: int = Field(description="Events emitted so far (the last event id)")
     close_reason: str | None = None
     restores: int = Field(0, description="Times the session was carried over to another worker after a crash")
@@ -44,10 +64,12 @@ class SessionInfo(BaseModel):
     @classmethod
     def from_view(cls, view: SessionView) -> SessionInfo:
         return cls(
-            id=view.id, state=view.state, sample_rate=view.sample_rate, chunk_size=list(view.chunk_size),
+            id=view.id, state=view.state, mode=view.mode, hotwords=view.hotwords, sample_rate=view.sample_rate,
+            chunk_size=list(view.chunk_size),
             encoder_chunk_look_back=view.encoder_chunk_look_back, decoder_chunk_look_back=view.decoder_chunk_look_back,
             samples_received=view.samples_received, samples_processed=view.samples_processed, worker=view.worker,
-            text=view.text, tokens=view.tokens, events=view.events, close_reason=view.close_reason,
+            text=view.text, tokens=view.tokens, sentences=view.sentences, events=view.events,
+            close_reason=view.close_reason,
             restores=view.restores, migrations=view.migrations,
         )
 
@@ -118,11 +140,25 @@ class PartialData(BaseModel):
     samples_processed: int = Field(description="Samples transcribed so far, at the session's sample rate")
 
 
+class SentenceData(BaseModel):
+    """`event: sentence` (2pass and offline): a sentence the VAD ended, decoded again by the offline model and
+    punctuated. In 2pass mode it replaces the partials' text of the same stretch of audio."""
+
+    index: int = Field(description="0, 1, 2, ... within the session")
+    text: str = Field(description="The sentence, punctuated where the service has a punctuation model")
+    tokens: list[str] = Field(description="The offline model's tokens")
+    start_ms: int = Field(description="Start of speech the VAD found, in ms of the session's audio")
+    end_ms: int = Field(description="End of speech the VAD found (where the audio ended, if the close cut it)")
+    timestamps: list[list[int]] = Field(
+        description="Per token [start_ms, end_ms] in the session's audio, where the offline model gives them, else []"
+    )
+
+
 class FinalData(BaseModel):
     """`event: final`: the last event of a session that ended well."""
 
-    tokens: list[str] = Field(description="Every token of the session")
-    text: str = Field(description="The whole transcript")
+    tokens: list[str] = Field(description="Every token of the transcript (2pass and offline: the sentences')")
+    text: str = Field(description="The whole transcript (2pass and offline: the sentences joined)")
     reason: str = Field(description="closed | idle_timeout")
     samples_processed: int
 
@@ -148,7 +184,7 @@ class GapData(BaseModel):
     first_available_id: int
 
 
-class TranscriptEvent(RootModel[PartialData | FinalData | ErrorData | ProgressData | GapData]):
+class TranscriptEvent(RootModel[PartialData | SentenceData | FinalData | ErrorData | ProgressData | GapData]):
     """The `data:` of an event on /v1/sessions/{id}/events; the SSE `event:` field names its type."""
 
 
@@ -158,6 +194,11 @@ def event_data(payload: Payload) -> tuple[str, BaseModel]:
         case Partial():
             return "partial", PartialData(
                 tokens=list(payload.tokens), text=payload.text, samples_processed=payload.samples_processed
+            )
+        case Sentence():
+            return "sentence", SentenceData(
+                index=payload.index, text=payload.text, tokens=list(payload.tokens), start_ms=payload.start_ms,
+                end_ms=payload.end_ms, timestamps=[list(pair) for pair in payload.timestamps],
             )
         case Final():
             return "final", FinalData(

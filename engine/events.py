@@ -30,8 +30,21 @@ class Partial:
 
 
 @dataclass(frozen=True)
+class Sentence:
+    """A 2pass/offline session's sentence: the VAD found its end (or the session closed inside it), the offline model
+    decoded its audio again and the punctuation model punctuated it. Times are ms of the session's audio."""
+
+    index: int  # 0, 1, 2, ... within the session
+    text: str  # punctuated
+    tokens: tuple[str, ...]  # the offline model's tokens
+    start_ms: int  # the VAD's start of speech
+    end_ms: int  # the VAD's end of speech (where the audio ended, if the close cut the sentence)
+    timestamps: tuple[tuple[int, int], ...]  # per token [start_ms, end_ms], where the offline model gives them
+
+
+@dataclass(frozen=True)
 class Final:
-    """The session's end: every token and the whole transcript."""
+    """The session's end: every token and the whole transcript (in 2pass/offline mode: its sentences', joined)."""
 
     tokens: tuple[str, ...]
     text: str
@@ -45,7 +58,7 @@ class Failure:
     message: str
 
 
-Payload = Partial | Final | Failure
+Payload = Partial | Sentence | Final | Failure
 TERMINAL = (Final, Failure)
 
 
@@ -55,6 +68,8 @@ class SessionView:
 
     id: str
     state: str  # engine.sessions.SessionState's value
+    mode: str  # engine.messages.Mode's value
+    hotwords: str
     sample_rate: int
     chunk_size: tuple[int, int, int]
     encoder_chunk_look_back: int
@@ -64,6 +79,7 @@ class SessionView:
     worker: int | None  # None while it is between workers
     text: str
     tokens: int
+    sentences: int
     events: int  # the last event id
     close_reason: str | None
     restores: int

@@ -13,6 +13,7 @@ Positions (`end_pos`, `processed_pos`) are absolute 16 kHz sample indices in tha
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from engine.units import DEFAULT_CHUNK_SIZE, SAMPLES_PER_FRAME
 
@@ -36,6 +37,40 @@ class StreamOptions:
         return self.chunk_size[1] * SAMPLES_PER_FRAME
 
 
+class Mode(str, Enum):
+    """What a session produces (FunASR's three modes, as its WebSocket protocol names them).
+
+    - ONLINE: partials from the streaming model, every stride (no VAD, no second pass).
+    - TWO_PASS: the same partials, plus a `sentence` for each VAD-ended sentence, decoded again by the offline model
+      and punctuated.
+    - OFFLINE: sentences only; the streaming model does not run.
+    """
+
+    ONLINE = "online"
+    TWO_PASS = "2pass"
+    OFFLINE = "offline"
+
+    @property
+    def streams(self) -> bool:
+        """Runs the streaming model (partials)."""
+        return self is not Mode.OFFLINE
+
+    @property
+    def sentences(self) -> bool:
+        """Runs the VAD and the second pass (sentences)."""
+        return self is not Mode.ONLINE
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Per-session options of the sentence path. Kept out of `StreamOptions` on purpose: that one is the key the
+    streaming model batches sessions by, and hotwords must not split those batches (they only reach the offline
+    model). `hotwords`: space-separated words, already normalised (engine/hotwords.py); "" for none."""
+
+    mode: Mode = Mode.ONLINE
+    hotwords: str = ""
+
+
 # --- API process -> worker -------------------------------------------------------------------------------------
 
 
@@ -44,6 +79,7 @@ class OpenSession:
     session_id: str
     ring_name: str
     options: StreamOptions
+    pipeline: PipelineOptions = PipelineOptions()
 
 
 @dataclass(frozen=True)
@@ -62,6 +98,8 @@ class RestoreSession:
     tokens: tuple[str, ...]
     end_pos: int | None = None
     close_reason: str = ""
+    pipeline: PipelineOptions = PipelineOptions()
+    sentences: int = 0  # sentences the API process has heard: the worker sends the one its snapshot is ahead by
 
 
 @dataclass(frozen=True)
@@ -175,7 +213,30 @@ class SessionDetached:
     processed_pos: int
 
 
-FromWorker = Hello | WorkerReady | Pong | StrideDone | SessionFailed | SessionDetached
+@dataclass(frozen=True)
+class SentenceDone:
+    """One sentence of a 2pass/offline session, decoded by the offline model and punctuated.
+
+    `index` counts a session's sentences from 0. `start_ms`/`end_ms` are the VAD's bounds in the session's audio
+    (`end_ms` is where the audio ended when the close cut the sentence). `audio_start`/`audio_end` is the 16 kHz ring
+    range that was decoded (the VAD's start with FunASR's pre-roll, to the frame the end was found in).
+    `timestamps` are per token, in ms of the session's audio, where the offline model gives them."""
+
+    session_id: str
+    index: int
+    text: str  # punctuated (raw when no punctuation model is configured)
+    raw_text: str  # the offline model's own text
+    tokens: tuple[str, ...]
+    start_ms: int
+    end_ms: int
+    audio_start: int
+    audio_end: int
+    timestamps: tuple[tuple[int, int], ...] = ()
+    compute_s: float = 0.0  # the offline batch's wall time plus this sentence's punctuation
+    batch_size: int = 1  # sentences that shared the offline forward pass
+
+
+FromWorker = Hello | WorkerReady | Pong | StrideDone | SentenceDone | SessionFailed | SessionDetached
 
 
 # --- API process <-> model host --------------------------------------------------------------------------------
@@ -230,3 +291,8 @@ class HostConfig:
     max_batch: int = 1
     precision: str = "fp32"
     backend: str = "torch"
+    vad_model: str = ""  # the 2pass models: "" = not configured
+    offline_model: str = ""
+    punc_model: str = ""
+    offline_max_batch: int = 1
+    max_sentence_ms: int = 60_000

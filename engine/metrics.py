@@ -33,3 +33,14 @@ SESSIONS_MIGRATED = Counter(
     "Sessions moved to another worker with their state (reason: rebalance or manual)",
     ["reason"],
 )
+SENTENCES = Counter("parastream_sentences_total", "Sentences decoded by the offline model (2pass and offline sessions)")
+SENTENCE_COMPUTE = Histogram(
+    "parastream_sentence_compute_seconds",
+    "Wall time of the offline forward pass that decoded each sentence, plus its punctuation",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+)
+SENTENCE_BATCH = Histogram(
+    "parastream_sentence_batch_size",
+    "Sentences sharing the offline forward pass of each sentence (PARASTREAM_OFFLINE_MAX_BATCH bounds it)",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16),
+)

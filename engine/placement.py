@@ -263,5 +263,7 @@ class Placement:
                 tuple(session.tokens),
                 session.end_pos if closing else None,
                 session.close_reason,
+                session.pipeline,
+                len(session.sentences),
             ),
         )

@@ -29,13 +29,16 @@ from engine.errors import (
     SessionNotFound,
     SessionNotOpen,
 )
-from engine.events import ErrorCode, Failure, Final, Partial, SessionView, WorkerView
+from engine.events import ErrorCode, Failure, Final, Partial, Sentence, SessionView, WorkerView
 from engine.messages import (
     AbortSession,
     AudioReady,
     CloseSession,
     FromWorker,
+    Mode,
     OpenSession,
+    PipelineOptions,
+    SentenceDone,
     SessionDetached,
     SessionFailed,
     StreamOptions,
@@ -146,9 +149,21 @@ class Engine:
 
     # --- the API ------------------------------------------------------------------------------------------
 
-    def create_session(self, sample_rate: int, options: StreamOptions) -> Session:
+    def default_mode(self) -> Mode:
+        """2pass where the sentence models are configured (FunASR's servers default to it), online otherwise."""
+        return Mode.TWO_PASS if self.settings.sentences_enabled else Mode.ONLINE
+
+    def create_session(
+        self, sample_rate: int, options: StreamOptions, pipeline: PipelineOptions | None = None
+    ) -> Session:
+        pipeline = pipeline if pipeline is not None else PipelineOptions(self.default_mode())
         if sample_rate not in SUPPORTED_SAMPLE_RATES:
             raise InvalidOptions(f"sample_rate must be one of {list(SUPPORTED_SAMPLE_RATES)}")
+        if pipeline.mode.sentences and not self.settings.sentences_enabled:
+            raise InvalidOptions(
+                f"mode {pipeline.mode.value} needs sentence models: this service has no PARASTREAM_VAD_MODEL and "
+                "PARASTREAM_OFFLINE_MODEL configured, so only mode online is served"
+            )
         if not self.accepting:
             raise NotReady("the server is not accepting sessions (starting or shutting down)", retry_after_s=5)
         if self.open_sessions() >= self.settings.max_sessions:
@@ -161,18 +176,20 @@ class Engine:
             metrics.SESSIONS_REJECTED.labels("not_ready").inc()
             raise NotReady(self.supervisor.halt_reason or "no worker is ready yet", retry_after_s=2)
         session_id = secrets.token_hex(16)  # 128 random bits
-        ring = RingWriter.create(self.settings.ring_capacity_samples)
+        s = self.settings
+        ring = RingWriter.create(s.sentence_ring_capacity_samples if pipeline.mode.sentences else s.ring_capacity_samples)
         session = Session(
             session_id,
             options,
             sample_rate,
             ring,
+            pipeline=pipeline,
             upsampler=Upsampler2x() if sample_rate != SAMPLE_RATE else None,
             history=self.settings.event_history,
         )
         self.sessions[session_id] = session
         self.placement.assign(session_id, slot)
-        self.supervisor.send(slot, OpenSession(session_id, ring.name, options))
+        self.supervisor.send(slot, OpenSession(session_id, ring.name, options, pipeline))
         metrics.SESSIONS_CREATED.inc()
         metrics.SESSIONS_OPEN.set(self.open_sessions())
         return session
@@ -186,9 +203,10 @@ class Engine:
     def view(self, session_id: str) -> SessionView:
         s = self.get(session_id)
         return SessionView(
-            s.id, s.state.value, s.sample_rate, s.options.chunk_size, s.options.encoder_chunk_look_back,
-            s.options.decoder_chunk_look_back, s.samples_received, s.samples_processed, self.placement.worker(s.id),
-            s.text, len(s.tokens), s.last_event_id, s.close_reason or None, s.restores, s.migrations,
+            s.id, s.state.value, s.pipeline.mode.value, s.pipeline.hotwords, s.sample_rate, s.options.chunk_size,
+            s.options.encoder_chunk_look_back, s.options.decoder_chunk_look_back, s.samples_received,
+            s.samples_processed, self.placement.worker(s.id), s.text, len(s.transcript_tokens), len(s.sentences),
+            s.last_event_id, s.close_reason or None, s.restores, s.migrations,
         )
 
     def workers(self) -> list[WorkerView]:
@@ -320,6 +338,8 @@ class Engine:
         match msg:
             case StrideDone():
                 self._on_stride(session, msg)
+            case SentenceDone():
+                self._on_sentence(session, msg)
             case SessionFailed(message=message):
                 self._fail(session, ErrorCode.INFERENCE_FAILED, message)
             case SessionDetached():
@@ -338,9 +358,24 @@ class Engine:
             # however long the session runs (a meeting's transcript is tens of thousands of characters).
             session.emit(Partial(tuple(msg.tokens), msg.text, done))
         if msg.final:
-            session.transcript = msg.transcript
+            # Online: the whole-session text FunASR post-processes once. 2pass/offline: the sentences joined.
+            session.transcript = session.text if session.pipeline.mode.sentences else msg.transcript
             self._end(session, SessionState.FINISHED)
-            session.emit(Final(tuple(session.tokens), session.text, msg.reason, done))
+            session.emit(Final(session.transcript_tokens, session.transcript, msg.reason, done))
+
+    def _on_sentence(self, session: Session, msg: SentenceDone) -> None:
+        if msg.index != len(session.sentences):
+            # Each sentence is sent once, in order, and a restore sends only the one its snapshot is ahead by
+            # (engine/worker/core.py); anything else is a bug, and skipping or repeating a sentence would hide it.
+            log.error("session %s: sentence %d arrived, %d expected", session.id, msg.index, len(session.sentences))
+            self._fail(session, ErrorCode.INFERENCE_FAILED, "sentences arrived out of order")
+            return
+        metrics.SENTENCES.inc()
+        metrics.SENTENCE_COMPUTE.observe(msg.compute_s)
+        metrics.SENTENCE_BATCH.observe(msg.batch_size)
+        sentence = Sentence(msg.index, msg.text, msg.tokens, msg.start_ms, msg.end_ms, msg.timestamps)
+        session.sentences.append(sentence)
+        session.emit(sentence)
 
     def on_worker_lost(self, slot: int, why: str) -> None:
         self.placement.on_worker_lost(slot, self.sessions)

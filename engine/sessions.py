@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from engine.audio import Upsampler2x
-from engine.events import TERMINAL, Payload
-from engine.messages import StreamOptions
+from engine.events import TERMINAL, Payload, Sentence
+from engine.messages import PipelineOptions, StreamOptions
 from engine.ring import RingWriter
 from engine.units import SAMPLE_RATE
 
@@ -54,6 +54,8 @@ class Session:
     processed_pos: int = 0  # 16 kHz samples the worker has processed
     tokens: list[str] = field(default_factory=list)
     stride_texts: list[str] = field(default_factory=list)  # each partial's text, in order
+    pipeline: PipelineOptions = PipelineOptions()
+    sentences: list[Sentence] = field(default_factory=list)  # 2pass/offline: each sentence, in order
     transcript: str | None = None  # the final's whole-session text
     close_reason: str = ""
     end_pos: int | None = None  # ring position at close: the final step covers audio up to here
@@ -83,9 +85,20 @@ class Session:
 
     @property
     def text(self) -> str:
-        """The transcript so far: the final's once there is one, else the partials' texts joined (built only when
-        asked, so a stride's cost does not grow with the transcript)."""
-        return self.transcript if self.transcript is not None else "".join(self.stride_texts)
+        """The transcript so far: the final's once there is one, else the partials' texts joined, or in 2pass/offline
+        mode the sentences' (built only when asked, so a stride's cost does not grow with the transcript)."""
+        if self.transcript is not None:
+            return self.transcript
+        if self.pipeline.mode.sentences:
+            return "".join(s.text for s in self.sentences)
+        return "".join(self.stride_texts)
+
+    @property
+    def transcript_tokens(self) -> tuple[str, ...]:
+        """The tokens the transcript is made of: the partials' in online mode, the sentences' otherwise."""
+        if self.pipeline.mode.sentences:
+            return tuple(token for s in self.sentences for token in s.tokens)
+        return tuple(self.tokens)
 
     @property
     def last_event_id(self) -> int:

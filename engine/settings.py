@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engine.units import SAMPLE_RATE
+from engine.units import PREROLL_KEEP_S, SAMPLE_RATE
 
 
 def default_workers() -> int:
@@ -47,6 +47,37 @@ class Settings(BaseSettings):
         description=(
             "fp32: FunASR's numbers (served tokens equal its loop). int8: per-channel int8 matmuls, cheaper, CPU only; "
             "what it costs in accuracy is in benchmarks/results/accuracy-digits.md (engine/model/precision.py says how)."
+        ),
+    )
+
+    # --- 2pass: sentences (docs/pipeline.md) ---
+    vad_model: str = Field(
+        "",
+        description=(
+            "FSMN-VAD for sentence ends (e.g. fsmn-vad, or a local dir). Empty: off. With PARASTREAM_OFFLINE_MODEL it "
+            "enables the 2pass and offline session modes."
+        ),
+    )
+    offline_model: str = Field(
+        "", description="Offline Paraformer that decodes each ended sentence again (e.g. paraformer-zh). Empty: off."
+    )
+    punc_model: str = Field(
+        "",
+        description=(
+            "CT-Transformer that punctuates sentences, with a cache carried across them (FunASR's vad_realtime model, "
+            "iic/punc_ct-transformer_zh-cn-common-vad_realtime-vocab272727). Empty: sentences are not punctuated."
+        ),
+    )
+    offline_max_batch: int = Field(
+        8, ge=1, description="Most ended sentences (across sessions) one offline forward pass takes."
+    )
+    max_sentence_s: float = Field(
+        60.0,
+        gt=0,
+        le=600,
+        description=(
+            "Longest sentence: the VAD ends a sentence this long and the next begins (FunASR's max_single_segment_time, "
+            "which this overrides). Rings of 2pass/offline sessions are sized to hold one."
         ),
     )
 
@@ -116,6 +147,22 @@ class Settings(BaseSettings):
         description="Session-count difference between the busiest and the idlest ready worker that triggers a move.",
     )
 
+    @model_validator(mode="after")
+    def _sentence_models_together(self) -> Settings:
+        if bool(self.vad_model) != bool(self.offline_model):
+            raise ValueError(
+                "PARASTREAM_VAD_MODEL and PARASTREAM_OFFLINE_MODEL go together: the VAD finds sentences, the offline "
+                "model decodes them (set both, or neither)"
+            )
+        if self.punc_model and not self.vad_model:
+            raise ValueError("PARASTREAM_PUNC_MODEL punctuates sentences: it needs PARASTREAM_VAD_MODEL and OFFLINE_MODEL")
+        return self
+
+    @property
+    def sentences_enabled(self) -> bool:
+        """The 2pass and offline modes are available."""
+        return bool(self.vad_model and self.offline_model)
+
     def resolved_backend(self) -> str:
         if self.backend != "auto":
             return self.backend
@@ -131,3 +178,10 @@ class Settings(BaseSettings):
     @property
     def ring_capacity_samples(self) -> int:
         return int(self.ring_seconds * SAMPLE_RATE)
+
+    @property
+    def sentence_ring_capacity_samples(self) -> int:
+        """A 2pass/offline session's ring: its audio is released only once its sentence is decoded, so it must hold
+        the longest sentence plus the pre-roll FunASR keeps before it (engine/worker/sentences.py), on top of the
+        usual room to run ahead."""
+        return int((self.ring_seconds + self.max_sentence_s + PREROLL_KEEP_S) * SAMPLE_RATE)

@@ -157,6 +157,11 @@ class Supervisor:
             s.max_batch,
             s.precision,
             s.resolved_backend(),
+            s.vad_model,
+            s.offline_model,
+            s.punc_model,
+            s.offline_max_batch,
+            int(s.max_sentence_s * 1000),
         )
         self._host = ctx.Process(target=host_main, args=(child, config), name="parastream-model-host", daemon=True)
         self._host.start()

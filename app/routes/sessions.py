@@ -9,6 +9,8 @@ from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from app.body import read_pcm_body
 from app.deps import get_engine, get_settings
 from app.schemas import AppendResult, ErrorResponse, MigrateRequest, MigrateResult, SessionCreate, SessionInfo
+from engine.hotwords import normalize_hotwords
+from engine.messages import Mode, PipelineOptions
 from engine.service import Engine, validate_options
 from engine.settings import Settings
 
@@ -24,10 +26,12 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 @router.post("", status_code=201, response_model=SessionInfo, responses=ERRORS)
 async def create_session(engine: EngineDep, body: Annotated[SessionCreate | None, Body()] = None) -> SessionInfo:
-    """Open a session on the least-loaded worker. 503 with Retry-After when PARASTREAM_MAX_SESSIONS are open."""
+    """Open a session on the least-loaded worker. 503 with Retry-After when PARASTREAM_MAX_SESSIONS are open; 400
+    for a mode the service has no models for."""
     body = body or SessionCreate()
     options = validate_options(body.chunk_size, body.encoder_chunk_look_back, body.decoder_chunk_look_back)
-    session = engine.create_session(body.sample_rate, options)
+    mode = Mode(body.mode) if body.mode is not None else engine.default_mode()
+    session = engine.create_session(body.sample_rate, options, PipelineOptions(mode, normalize_hotwords(body.hotwords)))
     return SessionInfo.from_view(engine.view(session.id))
 
 

@@ -7,6 +7,14 @@ The stride schedule is what makes served transcripts exact. FunASR's own loop, f
 `is_final` on the last, runs: every full stride non-final, then one final step on the remainder (0 to one stride
 minus one sample). A session here runs exactly that sequence however its audio arrived: a full stride is processed
 non-final as soon as it is in the ring, and the final step runs on close with whatever is left before `end_pos`.
+
+A 2pass or offline session (docs/pipeline.md) also runs the VAD over each stride's frames right after the stride
+(`engine.worker.sentences`); a sentence that ends there is decoded by the offline model and punctuated before the
+session's next stride runs, so its events come in an order fixed by its audio alone (partials of stride k, the
+sentences that ended in stride k, stride k + 1...), whatever the load, a crash or a move. Other sessions' strides do
+not wait: `run_batch` alternates one batch of strides with one batch of sentences (`_run_sentences`). On close, such a
+session runs the VAD over the tail, decodes what is left, then ends; the streaming model's final step is skipped,
+since FunASR's 2pass server throws its result away too.
 """
 
 from __future__ import annotations
@@ -25,13 +33,17 @@ from engine.messages import (
     DetachSession,
     FromWorker,
     OpenSession,
+    PipelineOptions,
     RestoreSession,
+    SentenceDone,
     SessionDetached,
     SessionFailed,
     StreamOptions,
     StrideDone,
 )
 from engine.ring import RingReader
+from engine.units import SAMPLE_RATE
+from engine.worker.sentences import PendingSentence, SentenceTracker, Vad
 from engine.worker.snapshot import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -55,6 +67,56 @@ class StreamModel(Protocol):
     def cache_nbytes(self, cache: dict[str, Any]) -> int: ...
 
 
+class OfflineResult(Protocol):
+    tokens: list[str]
+    text: str
+    timestamps: list[list[int]]  # per token, ms from the start of the decoded audio
+
+
+class OfflineDecoder(Protocol):
+    """`engine.model.offline.OfflineModel`: one forward pass over sentences that share hotwords."""
+
+    def decode(self, audios: list[np.ndarray], hotwords: str) -> list[OfflineResult]: ...
+
+
+class Punctuator(Protocol):
+    """`engine.model.punctuation.PuncModel`: punctuates a sentence, carrying a cache to the next."""
+
+    def new_cache(self) -> dict[str, Any]: ...
+
+    def punctuate(self, text: str, cache: dict[str, Any]) -> str: ...
+
+
+@dataclass(frozen=True)
+class SentenceModels:
+    """The 2pass models, loaded once and shared like the streaming model."""
+
+    vad: Vad
+    offline: OfflineDecoder
+    punc: Punctuator | None = None
+    max_batch: int = 1  # most sentences one offline forward pass takes
+
+    def to(self, device: str) -> None:
+        """Move the offline and punctuation models to a worker's GPU. The VAD stays on the CPU: one 60 ms frame's
+        FSMN is cheaper than moving the frame."""
+        for model in (self.offline, self.punc):
+            move = getattr(model, "to", None)
+            if move is not None:
+                move(device)
+
+
+@dataclass
+class SentenceProgress:
+    """A 2pass/offline session's sentence path: part of its snapshot, so a restore or a move carries on exactly."""
+
+    tracker: SentenceTracker
+    punc_cache: dict[str, Any]
+    sent: int = 0  # sentences sent (an empty decode is not sent, as FunASR sends none)
+    # The sentences sent since the session's last stride: the worker sends a step's messages together, so a crash
+    # can lose a stride and the sentences after it; a restore resends those the API process never heard.
+    recent: list[SentenceDone] = field(default_factory=list)
+
+
 def pcm_to_float(pcm: np.ndarray) -> np.ndarray:
     return pcm.astype(np.float32) * np.float32(PCM_SCALE)
 
@@ -70,9 +132,15 @@ class HeldSession:
     end_pos: int | None = None  # set by close: the final step runs on [processed_pos, end_pos)
     close_reason: str = ""
     tokens: list[str] = field(default_factory=list)
+    last_tokens: tuple[str, ...] = ()  # the last stride's: every snapshot carries them (see _restore)
+    pipeline: PipelineOptions = PipelineOptions()
+    sentences: SentenceProgress | None = None  # 2pass and offline sessions only
 
     def next_step(self, write_pos: int) -> tuple[int, bool] | None:
-        """(samples, is_final) of the step this session can run now, or None if it must wait for audio."""
+        """(samples, is_final) of the step this session can run now, or None if it must wait for audio (or, in 2pass
+        and offline mode, for its ended sentences to be decoded first)."""
+        if self.sentences is not None and (self.sentences.tracker.pending or self.sentences.tracker.finished):
+            return None
         stride = self.options.stride_samples
         limit = write_pos if self.end_pos is None else min(write_pos, self.end_pos)
         if limit - self.processed_pos >= stride:
@@ -85,11 +153,13 @@ class HeldSession:
 class WorkerCore:
     """`max_batch`: most sessions one forward pass takes (1: no batching)."""
 
-    def __init__(self, model: StreamModel, max_batch: int = 1) -> None:
+    def __init__(self, model: StreamModel, max_batch: int = 1, sentence_models: SentenceModels | None = None) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.model = model
         self.max_batch = max_batch
+        self.sentence_models = sentence_models
+        self.sentences_decoded = 0
         self.sessions: dict[str, HeldSession] = {}
         self.strides = 0
         self.batches = 0
@@ -105,10 +175,23 @@ class WorkerCore:
         except (FileNotFoundError, ValueError) as exc:
             # The session was aborted before we got here; nothing to do but say so.
             return [SessionFailed(msg.session_id, f"audio ring unavailable: {exc}")]
+        if msg.pipeline.mode.sentences and self.sentence_models is None:
+            ring.close()
+            return [SessionFailed(msg.session_id, f"mode {msg.pipeline.mode.value} needs the sentence models")]
         store = SnapshotStore(ring)
-        state = HeldSession(msg.session_id, ring, store, msg.options, self.model.new_cache(msg.options))
+        state = HeldSession(
+            msg.session_id, ring, store, msg.options, self.model.new_cache(msg.options), pipeline=msg.pipeline
+        )
+        if msg.pipeline.mode.sentences:
+            state.sentences = self._new_sentences()
         self.sessions[msg.session_id] = state
         return self._restore(state, msg) if isinstance(msg, RestoreSession) else []
+
+    def _new_sentences(self) -> SentenceProgress:
+        models = self.sentence_models
+        assert models is not None
+        punc_cache = models.punc.new_cache() if models.punc is not None else {}
+        return SentenceProgress(SentenceTracker(models.vad.new_cache()), punc_cache)
 
     def _restore(self, state: HeldSession, msg: RestoreSession) -> list[FromWorker]:
         """Take over from the last snapshot; report what the dead worker computed but never sent.
@@ -125,16 +208,24 @@ class WorkerCore:
         if snapshot is None:
             return []
         state.cache, state.processed_pos = snapshot.cache, snapshot.processed_pos
+        state.last_tokens = snapshot.last_tokens
+        if state.sentences is not None:
+            state.sentences = snapshot.sentences
         unreported = snapshot.token_count - len(msg.tokens)
         ahead = state.processed_pos > msg.processed_pos
-        if not (0 <= unreported <= len(snapshot.last_tokens) and (ahead or unreported == 0)):
+        unsent = state.sentences.sent - msg.sentences if state.sentences is not None else 0
+        recent = len(state.sentences.recent) if state.sentences is not None else 0
+        if not (0 <= unreported <= len(snapshot.last_tokens) and (ahead or unreported == 0) and 0 <= unsent <= recent):
             self._drop(msg.session_id)
             return [SessionFailed(msg.session_id, "snapshot does not follow from the tokens already reported")]
-        if not ahead:
-            return []
-        missed = snapshot.last_tokens[len(snapshot.last_tokens) - unreported :]
-        state.tokens.extend(missed)
-        return [StrideDone(msg.session_id, state.processed_pos, tuple(missed), self.model.text(list(missed)))]
+        out: list[FromWorker] = []
+        if ahead:
+            missed = snapshot.last_tokens[len(snapshot.last_tokens) - unreported :]
+            state.tokens.extend(missed)
+            out.append(StrideDone(msg.session_id, state.processed_pos, tuple(missed), self.model.text(list(missed))))
+        if unsent and state.sentences is not None:
+            out.extend(state.sentences.recent[len(state.sentences.recent) - unsent :])
+        return out
 
     def close(self, msg: CloseSession) -> list[FromWorker]:
         state = self.sessions.get(msg.session_id)
@@ -163,30 +254,39 @@ class WorkerCore:
     # --- work ----------------------------------------------------------------------------------------------
 
     def has_work(self) -> bool:
-        return any(s.next_step(s.ring.write_pos) is not None for s in self.sessions.values())
+        return any(
+            s.next_step(s.ring.write_pos) is not None or self._sentence_work(s) for s in self.sessions.values()
+        )
+
+    @staticmethod
+    def _sentence_work(state: HeldSession) -> bool:
+        return state.sentences is not None and (bool(state.sentences.tracker.pending) or state.sentences.tracker.finished)
 
     def run_once(self) -> list[FromWorker]:
-        """One step for every session that can take one, in batches of at most `max_batch`."""
+        """Everything that can run now: every session's step, then every ended sentence, in batches."""
         out: list[FromWorker] = []
         pending = self._ready_in_turn()
         for start in range(0, len(pending), self.max_batch):
             out.extend(self._run(pending[start : start + self.max_batch]))
+        while any(self._sentence_work(s) for s in self.sessions.values()):
+            out.extend(self._run_sentences())
         return out
 
     def run_batch(self) -> list[FromWorker]:
-        """One batch: up to `max_batch` sessions with a stride ready, taken round robin so none starves."""
+        """One batch of strides (up to `max_batch` sessions with a stride ready, taken round robin so none starves),
+        then one batch of ended sentences. Alternating bounds what a long offline decode costs other sessions'
+        partials: one offline batch (PARASTREAM_OFFLINE_MAX_BATCH sentences), measured in docs/pipeline.md."""
         batch = self._ready_in_turn()[: self.max_batch]
         if batch:
             self._turn = batch[-1]
-        return self._run(batch)
+        out = self._run(batch)
+        if any(self._sentence_work(s) for s in self.sessions.values()):
+            out.extend(self._run_sentences())
+        return out
 
     def _ready_in_turn(self) -> list[str]:
         """Sessions with a step ready, starting after the last one served."""
-        ids = list(self.sessions)
-        if self._turn in self.sessions:
-            cut = ids.index(self._turn) + 1
-            ids = ids[cut:] + ids[:cut]
-        return [sid for sid in ids if self.sessions[sid].next_step(self.sessions[sid].ring.write_pos) is not None]
+        return [sid for sid in self._in_turn() if self.sessions[sid].next_step(self.sessions[sid].ring.write_pos) is not None]
 
     def _run(self, session_ids: list[str]) -> list[FromWorker]:
         """Run one step for each session as one batch, then snapshot, release and report each of them."""
@@ -199,9 +299,14 @@ class WorkerCore:
                 continue
             n, is_final = step
             try:
-                work.append((state, n, is_final, pcm_to_float(state.ring.read(state.processed_pos, n))))
+                samples = pcm_to_float(state.ring.read(state.processed_pos, n))
             except Exception as exc:  # a ring that vanished or was corrupted fails its own session only
                 out.append(self._fail(session_id, exc))
+                continue
+            if state.pipeline.mode.streams and not (is_final and state.sentences is not None):
+                work.append((state, n, is_final, samples))
+            else:  # no streaming step: offline mode, or a 2pass close (FunASR discards that final step's output)
+                out.extend(self._after_step(state, n, is_final, [], samples, 0.0, 0))
         if not work:
             return out
         started = time.perf_counter()
@@ -227,23 +332,67 @@ class WorkerCore:
         compute_s = time.perf_counter() - started
         self.strides += len(work)
         self.batches += 1
-        for (state, n, is_final, _), tokens in zip(work, results):
-            out.append(self._finish_step(state, n, is_final, tokens, compute_s, len(work)))
+        for (state, n, is_final, samples), tokens in zip(work, results):
+            out.extend(self._after_step(state, n, is_final, tokens, samples, compute_s, len(work)))
         return out
+
+    def _after_step(
+        self,
+        state: HeldSession,
+        n: int,
+        is_final: bool,
+        tokens: list[str],
+        samples: np.ndarray,
+        compute_s: float,
+        batch_size: int,
+    ) -> list[FromWorker]:
+        """A stride's sentence path (the VAD over its frames), then its snapshot and report."""
+        if state.sentences is None:
+            return [self._finish_step(state, n, is_final, tokens, compute_s, batch_size)]
+        tracker = state.sentences.tracker
+        try:
+            tracker.feed(self._vad(), samples)
+            if is_final:
+                assert state.end_pos is not None
+                tracker.finish(state.end_pos)
+        except Exception as exc:
+            return [self._fail(state.session_id, exc)]
+        if is_final:
+            # The session ends once its last sentences are decoded (_run_sentences). Its progress is snapshotted
+            # so that a crash while they decode does not run the VAD over the tail twice.
+            state.processed_pos += n
+            self._save(state)
+            return []
+        return [self._finish_step(state, n, is_final, tokens, compute_s, batch_size)]
+
+    def _vad(self) -> Vad:
+        assert self.sentence_models is not None
+        return self.sentence_models.vad
+
+    def _save(self, state: HeldSession) -> float:
+        """Snapshot the session's whole state, then release what it no longer needs: until the snapshot covers them,
+        a replacement needs those samples. Returns the seconds the snapshot took."""
+        saved = time.perf_counter()
+        state.snapshots.save(state.processed_pos, len(state.tokens), state.last_tokens, state.cache, state.sentences)
+        snapshot_s = time.perf_counter() - saved
+        hold = state.processed_pos
+        if state.sentences is not None:
+            hold = min(hold, state.sentences.tracker.hold())
+        state.ring.release(hold)
+        return snapshot_s
 
     def _finish_step(
         self, state: HeldSession, n: int, is_final: bool, tokens: list[str], compute_s: float, batch_size: int
     ) -> FromWorker:
         state.processed_pos += n
         state.tokens.extend(tokens)
+        state.last_tokens = tuple(tokens)
+        if state.sentences is not None:
+            state.sentences.recent.clear()
         snapshot_s = 0.0
         if not is_final:
-            # Snapshot first, release second: until the snapshot covers them, a replacement needs these samples.
             # (The final step needs no snapshot: after a crash it is simply run again from the last one.)
-            saved = time.perf_counter()
-            state.snapshots.save(state.processed_pos, len(state.tokens), tuple(tokens), state.cache)
-            snapshot_s = time.perf_counter() - saved
-            state.ring.release(state.processed_pos)
+            snapshot_s = self._save(state)
         # Per-stride work must not grow with the session's age: the stride's own text, and the whole transcript
         # only once, on the final.
         msg = StrideDone(
@@ -262,6 +411,113 @@ class WorkerCore:
             self._drop(state.session_id)
         return msg
 
+    # --- sentences (2pass and offline sessions) -------------------------------------------------------------
+
+    def _run_sentences(self) -> list[FromWorker]:
+        """One offline forward pass over ended sentences (at most SentenceModels.max_batch, of sessions that share
+        hotwords: SeACo takes one hotword list per call), then each sentence's punctuation, snapshot and report in
+        its session's order; and the end of each closed session with nothing left to decode."""
+        models = self.sentence_models
+        assert models is not None
+        out: list[FromWorker] = []
+        batch: list[tuple[HeldSession, PendingSentence]] = []
+        hotwords: str | None = None
+        for session_id in self._in_turn():
+            state = self.sessions[session_id]
+            if state.sentences is None:
+                continue
+            tracker = state.sentences.tracker
+            if not tracker.pending and tracker.finished:
+                out.append(self._end_sentences(state))
+                continue
+            if hotwords is None and tracker.pending:
+                hotwords = state.pipeline.hotwords
+            if state.pipeline.hotwords == hotwords:
+                batch.extend((state, p) for p in tracker.pending[: models.max_batch - len(batch)])
+            if len(batch) >= models.max_batch:
+                break
+        if not batch:
+            return out
+        results: list[OfflineResult | None]
+        started = time.perf_counter()
+        try:
+            results = list(models.offline.decode([self._sentence_audio(st, p) for st, p in batch], hotwords or ""))
+        except Exception:
+            if len(batch) == 1:
+                return out + [self._fail(batch[0][0].session_id, sys.exc_info()[1])]
+            # One sentence broke the batch: decode each on its own, so the one that fails again fails alone.
+            log.exception("an offline batch of %d failed; decoding its sentences one by one", len(batch))
+            results = []
+            for state, pending in batch:
+                try:
+                    results.append(models.offline.decode([self._sentence_audio(state, pending)], hotwords or "")[0])
+                except Exception as exc:
+                    results.append(None)
+                    if state.session_id in self.sessions:
+                        out.append(self._fail(state.session_id, exc))
+        offline_s = time.perf_counter() - started
+        self.sentences_decoded += len(batch)
+        for (state, pending), result in zip(batch, results, strict=True):
+            if result is not None and state.session_id in self.sessions:
+                out.extend(self._finish_sentence(state, pending, result, offline_s, len(batch)))
+        return out
+
+    @staticmethod
+    def _sentence_audio(state: HeldSession, pending: PendingSentence) -> np.ndarray:
+        return pcm_to_float(state.ring.read(pending.audio_start, pending.audio_end - pending.audio_start))
+
+    def _finish_sentence(
+        self, state: HeldSession, pending: PendingSentence, result: OfflineResult, offline_s: float, batch_size: int
+    ) -> list[FromWorker]:
+        """Punctuate a decoded sentence with the session's cache, snapshot, and report it (unless its text is empty:
+        FunASR's server sends nothing for those, and punctuates nothing)."""
+        progress = state.sentences
+        models = self.sentence_models
+        assert progress is not None and models is not None and progress.tracker.pending[0] == pending
+        started = time.perf_counter()
+        text = result.text
+        try:
+            if text and models.punc is not None:
+                text = models.punc.punctuate(text, progress.punc_cache)
+        except Exception as exc:
+            return [self._fail(state.session_id, exc)]
+        progress.tracker.pending.pop(0)
+        msg: SentenceDone | None = None
+        if text:
+            offset_ms = pending.audio_start * 1000 // SAMPLE_RATE
+            msg = SentenceDone(
+                state.session_id,
+                progress.sent,
+                text,
+                result.text,
+                tuple(result.tokens),
+                pending.start_ms,
+                pending.end_ms,
+                pending.audio_start,
+                pending.audio_end,
+                tuple((offset_ms + int(a), offset_ms + int(b)) for a, b in result.timestamps),
+                compute_s=offline_s + time.perf_counter() - started,
+                batch_size=batch_size,
+            )
+            progress.sent += 1
+            progress.recent.append(msg)
+        self._save(state)
+        return [msg] if msg is not None else []
+
+    def _end_sentences(self, state: HeldSession) -> FromWorker:
+        """A closed 2pass/offline session whose sentences are all out: its end (the API process joins the text)."""
+        msg = StrideDone(state.session_id, state.processed_pos, (), "", final=True, reason=state.close_reason)
+        self._drop(state.session_id)
+        return msg
+
+    def _in_turn(self) -> list[str]:
+        """Every session, starting after the last one served."""
+        ids = list(self.sessions)
+        if self._turn in self.sessions:
+            cut = ids.index(self._turn) + 1
+            ids = ids[cut:] + ids[:cut]
+        return ids
+
     def _rewind(self, state: HeldSession) -> None:
         """Put a session back to its last snapshot (a fresh cache if it has none: it had run no stride)."""
         try:
@@ -272,10 +528,15 @@ class WorkerCore:
             return
         if snapshot is None:
             state.cache = self.model.new_cache(state.options)
+            if state.sentences is not None:
+                state.sentences = self._new_sentences()
         else:
             state.cache = snapshot.cache
             state.processed_pos = snapshot.processed_pos
+            state.last_tokens = snapshot.last_tokens
             del state.tokens[snapshot.token_count :]
+            if state.sentences is not None:
+                state.sentences = snapshot.sentences
 
     def _fail(self, session_id: str, exc: BaseException | None) -> FromWorker:
         """One session's failure must not take the worker down."""

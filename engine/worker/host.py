@@ -91,15 +91,15 @@ def host_main(conn: Connection, config: HostConfig) -> None:
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     started = time.perf_counter()
     try:
-        model = _load(config)
+        models = _load(config)
     except Exception as exc:  # report, never crash-loop: the supervisor halts on HostFailed
         conn.send(HostFailed(_describe(exc)))
         return
     conn.send(HostReady(os.getpid(), time.perf_counter() - started, _gpu_count()))
-    _serve(conn, config, model)
+    _serve(conn, config, models)
 
 
-def _load(config: HostConfig) -> object:
+def _load(config: HostConfig) -> tuple[object, object]:
     import torch
 
     from engine.model.adapter import StreamingModel
@@ -110,11 +110,29 @@ def _load(config: HostConfig) -> object:
     model = StreamingModel.load(
         config.model, device="cpu", ncpu=1, precision=config.precision, backend=config.backend, threads=1
     )
+    sentence_models = _load_sentence_models(config)
     _malloc_trim()
     _set_mmap_threshold(SERVE_MMAP_THRESHOLD)  # inherited by every worker: see _set_mmap_threshold
     gc.collect()
     gc.freeze()  # keep the collector from touching (and so copying) inherited objects in every child
-    return model
+    return model, sentence_models
+
+
+def _load_sentence_models(config: HostConfig) -> object:
+    """The 2pass models, when configured: loaded here once, like the streaming model, and shared by every worker."""
+    if not config.vad_model:
+        return None
+    from engine.model.offline import OfflineModel
+    from engine.model.punctuation import PuncModel
+    from engine.model.vad import VadModel
+    from engine.worker.core import SentenceModels
+
+    return SentenceModels(
+        VadModel.load(config.vad_model, max_sentence_ms=config.max_sentence_ms),
+        OfflineModel.load(config.offline_model),
+        PuncModel.load(config.punc_model) if config.punc_model else None,
+        config.offline_max_batch,
+    )
 
 
 def _gpu_count() -> int:
@@ -132,7 +150,7 @@ def _describe(exc: BaseException) -> str:
     return f"loading the model failed (PARASTREAM_MODEL): {tail}"
 
 
-def _serve(conn: Connection, config: HostConfig, model: object) -> None:
+def _serve(conn: Connection, config: HostConfig, models: tuple[object, object]) -> None:
     children: dict[int, tuple[int, int]] = {}  # pid -> (slot, generation)
     try:
         while True:
@@ -143,7 +161,7 @@ def _serve(conn: Connection, config: HostConfig, model: object) -> None:
                     if isinstance(msg, Shutdown):
                         return
                     if isinstance(msg, SpawnWorker):
-                        pid = _fork_worker(conn, config, model, msg)
+                        pid = _fork_worker(conn, config, models, msg)
                         children[pid] = (msg.slot, msg.generation)
                         conn.send(WorkerSpawned(msg.slot, msg.generation, pid))
             except (EOFError, OSError):
@@ -170,7 +188,7 @@ def _reap(conn: Connection, children: dict[int, tuple[int, int]]) -> None:
         conn.send(WorkerExited(slot, generation, pid, os.waitstatus_to_exitcode(status)))
 
 
-def _fork_worker(conn: Connection, config: HostConfig, model: object, msg: SpawnWorker) -> int:
+def _fork_worker(conn: Connection, config: HostConfig, models: tuple[object, object], msg: SpawnWorker) -> int:
     pid = os.fork()
     if pid:
         return pid
@@ -178,7 +196,7 @@ def _fork_worker(conn: Connection, config: HostConfig, model: object, msg: Spawn
     code = 0
     try:
         conn.close()  # the host's control pipe; SIGINT/SIGTERM stay ignored (see host_main)
-        _worker_child(config, model, msg)
+        _worker_child(config, models, msg)
     except BaseException:  # noqa: BLE001 - the child must always end in os._exit
         traceback.print_exc()
         code = WORKER_BOOT_FAILED
@@ -186,7 +204,7 @@ def _fork_worker(conn: Connection, config: HostConfig, model: object, msg: Spawn
         os._exit(code)
 
 
-def _worker_child(config: HostConfig, model: object, msg: SpawnWorker) -> None:
+def _worker_child(config: HostConfig, models: tuple[object, object], msg: SpawnWorker) -> None:
     import torch
 
     from engine.worker.core import WorkerCore
@@ -200,7 +218,10 @@ def _worker_child(config: HostConfig, model: object, msg: SpawnWorker) -> None:
     if msg.cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(msg.cpus))
     torch.set_num_threads(config.worker_threads)
+    model, sentence_models = models
     if msg.device.startswith("cuda"):
         model.to(msg.device)  # type: ignore[attr-defined]
-    core = WorkerCore(model, config.max_batch)  # type: ignore[arg-type]
+        if sentence_models is not None:
+            sentence_models.to(msg.device)  # type: ignore[attr-defined]
+    core = WorkerCore(model, config.max_batch, sentence_models)  # type: ignore[arg-type]
     run_worker(core, config.address, config.authkey, msg.slot, msg.generation, msg.device, msg.cpus)

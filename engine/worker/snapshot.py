@@ -39,7 +39,7 @@ import torch
 
 from engine.ring import RingReader, _untracked, buffer, unlink_segment
 
-MAGIC = b"PSSNAP02"
+MAGIC = b"PSSNAP03"
 _NUMPY_DTYPES = frozenset(
     {torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool}
 )
@@ -55,6 +55,7 @@ class Snapshot:
     token_count: int  # tokens the session had produced up to `processed_pos`
     last_tokens: tuple[str, ...]  # the tokens of the stride that ended at `processed_pos` (the last of those)
     cache: dict[str, Any]
+    sentences: Any = None  # a 2pass/offline session's sentence path (engine.worker.core.SentenceProgress)
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,16 @@ class SnapshotStore:
             with _untracked():
                 self._shm = SharedMemory(name=segment_name(ring.name, self.generation))
 
-    def save(self, processed_pos: int, token_count: int, last_tokens: tuple[str, ...], cache: dict[str, Any]) -> None:
-        blob = pickle.dumps((processed_pos, token_count, tuple(last_tokens), pack(cache)), protocol=pickle.HIGHEST_PROTOCOL)
+    def save(
+        self,
+        processed_pos: int,
+        token_count: int,
+        last_tokens: tuple[str, ...],
+        cache: dict[str, Any],
+        sentences: Any = None,
+    ) -> None:
+        state = (processed_pos, token_count, tuple(last_tokens), pack(cache), pack(sentences))
+        blob = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
         if self._shm is None or len(blob) > self._slot_size():
             self._move_to_new_segment(blob)
             return
@@ -126,8 +135,10 @@ class SnapshotStore:
         slot = int(self._header()[2])
         offset = self._slot_offset(slot)
         length = int(np.frombuffer(buffer(self._shm), dtype="<u8", count=1, offset=offset)[0])
-        processed_pos, count, last, cache = pickle.loads(buffer(self._shm)[offset + LENGTH_BYTES : offset + LENGTH_BYTES + length])
-        return Snapshot(processed_pos, count, last, unpack(cache))
+        processed_pos, count, last, cache, sentences = pickle.loads(
+            buffer(self._shm)[offset + LENGTH_BYTES : offset + LENGTH_BYTES + length]
+        )
+        return Snapshot(processed_pos, count, last, unpack(cache), unpack(sentences))
 
     def close(self) -> None:
         if self._shm is not None:
