@@ -23,14 +23,15 @@ def normalize_hotwords(value: str | None) -> str:
         return ""
     text = value.strip()
     words: list[str]
-    if text.startswith("{"):
+    if text.startswith(("{", "[")):
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InvalidOptions(f"hotwords looks like JSON but does not parse: {exc.msg}") from exc
-        if not isinstance(parsed, dict) or not all(isinstance(k, str) for k in parsed):
+        # An object of word to weight (the weights are accepted and ignored: see the module docstring), or a list.
+        if not isinstance(parsed, dict | list) or not all(isinstance(k, str) for k in parsed):
             raise InvalidOptions('hotwords as JSON must be an object of word to weight, e.g. {"阿里巴巴": 20}')
-        words = [word.strip() for word in parsed]  # the weights are accepted and ignored (see the module docstring)
+        words = [word.strip() for word in parsed]
     else:
         words = text.split()
     words = [word for word in words if word]

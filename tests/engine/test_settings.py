@@ -56,3 +56,11 @@ def test_int8_on_a_gpu_is_refused_at_start_with_the_setting_named() -> None:
     supervisor = Supervisor(Settings(device="cuda", precision="int8", workers=1))
     with pytest.raises(EngineBootError, match="PARASTREAM_PRECISION=int8"):
         supervisor._make_slots(gpu_count=1)
+
+
+def test_sentence_models_go_together() -> None:
+    assert not Settings(_env_file=None).sentences_enabled  # off by default: nothing is looked for on a hub
+    assert Settings(_env_file=None, vad_model="fsmn-vad", offline_model="paraformer-zh").sentences_enabled
+    for partial in ({"vad_model": "fsmn-vad"}, {"offline_model": "paraformer-zh"}, {"punc_model": "ct-punc"}):
+        with pytest.raises(ValueError, match="PARASTREAM_"):
+            Settings(_env_file=None, **partial)
