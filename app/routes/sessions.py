@@ -26,7 +26,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 @router.post("", status_code=201, response_model=SessionInfo, responses=ERRORS)
 async def create_session(engine: EngineDep, body: Annotated[SessionCreate | None, Body()] = None) -> SessionInfo:
-    """Open a session on the least-loaded worker. 503 with Retry-After when PARASTREAM_MAX_SESSIONS are open; 400
+    """Open a session on the least-loaded worker. 503 with Retry-After when PARASTREAM_MAX_SESSIONS are open; 422
     for a mode the service has no models for."""
     body = body or SessionCreate()
     options = validate_options(body.chunk_size, body.encoder_chunk_look_back, body.decoder_chunk_look_back)
