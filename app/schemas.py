@@ -152,6 +152,8 @@ class SentenceData(BaseModel):
     timestamps: list[list[int]] = Field(
         description="Per token [start_ms, end_ms] in the session's audio, where the offline model gives them, else []"
     )
+    audio_start_ms: int = Field(description="The audio the offline model decoded: from the VAD's start with pre-roll")
+    audio_end_ms: int = Field(description="...to the end of the 60 ms frame the VAD found the end in")
 
 
 class FinalData(BaseModel):
@@ -199,6 +201,7 @@ def event_data(payload: Payload) -> tuple[str, BaseModel]:
             return "sentence", SentenceData(
                 index=payload.index, text=payload.text, tokens=list(payload.tokens), start_ms=payload.start_ms,
                 end_ms=payload.end_ms, timestamps=[list(pair) for pair in payload.timestamps],
+                audio_start_ms=payload.audio_start_ms, audio_end_ms=payload.audio_end_ms,
             )
         case Final():
             return "final", FinalData(

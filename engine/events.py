@@ -40,6 +40,8 @@ class Sentence:
     start_ms: int  # the VAD's start of speech
     end_ms: int  # the VAD's end of speech (where the audio ended, if the close cut the sentence)
     timestamps: tuple[tuple[int, int], ...]  # per token [start_ms, end_ms], where the offline model gives them
+    audio_start_ms: int  # the audio decoded: from the VAD's start with FunASR's pre-roll...
+    audio_end_ms: int  # ...to the end of the 60 ms frame the VAD found the end in
 
 
 @dataclass(frozen=True)

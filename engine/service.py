@@ -373,7 +373,10 @@ class Engine:
         metrics.SENTENCES.inc()
         metrics.SENTENCE_COMPUTE.observe(msg.compute_s)
         metrics.SENTENCE_BATCH.observe(msg.batch_size)
-        sentence = Sentence(msg.index, msg.text, msg.tokens, msg.start_ms, msg.end_ms, msg.timestamps)
+        sentence = Sentence(
+            msg.index, msg.text, msg.tokens, msg.start_ms, msg.end_ms, msg.timestamps,
+            msg.audio_start * 1000 // SAMPLE_RATE, msg.audio_end * 1000 // SAMPLE_RATE,
+        )
         session.sentences.append(sentence)
         session.emit(sentence)
 
