@@ -25,7 +25,18 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, help="overrides PARASTREAM_WORKERS")
 
     make = sub.add_parser("make-model", help="build a deterministic random-weight model dir")
-    make.add_argument("kind", choices=["tiny-random", "large-random"])
+    make.add_argument(
+        "kind",
+        choices=[
+            "tiny-random",
+            "large-random",
+            "vad",
+            "offline-tiny-random",
+            "offline-large-random",
+            "punc-tiny-random",
+            "punc-large-random",
+        ],
+    )
     make.add_argument("dir", type=Path)
     make.add_argument("--seed", type=int, default=0)
 

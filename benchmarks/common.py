@@ -46,7 +46,8 @@ MIB = 2**20
 
 
 def resolve_model(spec: str | Path, cache: Path = MODEL_CACHE) -> Path:
-    """A model directory from `tiny-random` / `large-random` (built into `cache` on first use) or a path."""
+    """A model directory from a factory kind (`tiny-random`, `large-random`, `vad`, `offline-tiny-random`, ...: any
+    of engine.model.factory.KINDS, built into `cache` on first use) or a path."""
     from engine.model.factory import KINDS, ensure_model
 
     if str(spec) in KINDS:

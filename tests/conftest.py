@@ -23,6 +23,30 @@ def tiny_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def vad_model() -> Path:
+    """FSMN-VAD (FunASR's fsmn-vad architecture) with chosen weights that follow the pauses in speech-like audio."""
+    from engine.model.factory import ensure_model
+
+    return ensure_model("vad", CACHE)
+
+
+@pytest.fixture(scope="session")
+def offline_tiny_model() -> Path:
+    """A deterministic random-weight tiny SeACo-Paraformer (the 2pass offline model; timestamps, hotwords), seed 0."""
+    from engine.model.factory import ensure_model
+
+    return ensure_model("offline-tiny-random", CACHE)
+
+
+@pytest.fixture(scope="session")
+def punc_tiny_model() -> Path:
+    """A deterministic random-weight tiny CTTransformerStreaming punctuation model (vad_realtime variant), seed 0."""
+    from engine.model.factory import ensure_model
+
+    return ensure_model("punc-tiny-random", CACHE)
+
+
+@pytest.fixture(scope="session")
 def model_dir(tiny_model_dir: Path) -> Path:
     """The model the end-to-end exactness tests serve: tiny-random, or PARASTREAM_TEST_MODEL=large-random for the
     one-off run with the real architecture's size (recorded in docs/, too slow for every CI run)."""

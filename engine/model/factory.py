@@ -19,6 +19,10 @@ as a trained one. Never quote word error rates from these models.
 Everything is deterministic: the same ``kind`` and ``seed`` give byte-identical files (checked by sha256
 in the tests), so a directory cached on one machine equals one built on another.
 
+The other models of FunASR's 2pass pipeline (``vad``, ``offline-tiny-random`` / ``offline-large-random``,
+``punc-tiny-random`` / ``punc-large-random``) are built by :mod:`engine.model.factory_2pass`; :func:`ensure_model`
+and :func:`build_random_model` take every kind in :data:`KINDS`.
+
 torch/funasr are imported lazily so that :func:`ensure_model` is cheap when the directory already exists
 (the server's parent process and the CLI call it before any model process starts).
 """
@@ -40,10 +44,21 @@ from typing import Any
 
 import numpy as np
 
-KINDS: tuple[str, ...] = ("tiny-random", "large-random")
+# The streaming Paraformers built here, then the 2pass pipeline's other models (engine/model/factory_2pass.py,
+# which lists the same five names as KINDS_2PASS).
+STREAMING_KINDS: tuple[str, ...] = ("tiny-random", "large-random")
+KINDS: tuple[str, ...] = (
+    *STREAMING_KINDS,
+    "vad",
+    "offline-tiny-random",
+    "offline-large-random",
+    "punc-tiny-random",
+    "punc-large-random",
+)
 
-# Files that make a directory complete. ``ensure_model`` renames a fully written temp dir into place, so
-# an existing final directory normally has all of them; the check guards against hand-made partial dirs.
+# Files that make a streaming-model directory complete (model_files(kind) for every kind). ``ensure_model``
+# renames a fully written temp dir into place, so an existing final directory normally has all of them; the
+# check guards against hand-made partial dirs.
 MODEL_FILES: tuple[str, ...] = ("config.yaml", "model.pt", "tokens.json", "am.mvn")
 
 # Feature layout shared by every kind: 80 mel bins stacked 7 at a time by LFR -> 560-dim encoder input.
@@ -133,9 +148,23 @@ _VOCAB_SIZES: dict[str, int] = {"tiny-random": 64, "large-random": 8404}
 _RNG_LOCK = threading.Lock()
 
 
+def model_files(kind: str) -> tuple[str, ...]:
+    """The files a complete directory of ``kind`` holds."""
+    _check_kind(kind)
+    if kind in STREAMING_KINDS:
+        return MODEL_FILES
+    from engine.model.factory_2pass import model_files_2pass
+
+    return model_files_2pass(kind)
+
+
 def model_config(kind: str) -> dict[str, Any]:
     """The ``config.yaml`` contents for ``kind`` (a fresh dict each call)."""
     _check_kind(kind)
+    if kind not in STREAMING_KINDS:
+        from engine.model.factory_2pass import config_2pass
+
+        return config_2pass(kind)
     conf = copy.deepcopy(_LARGE_CONFIG)
     if kind == "tiny-random":
         conf["encoder_conf"].update(output_size=128, linear_units=256, num_blocks=4)
@@ -147,6 +176,14 @@ def model_config(kind: str) -> dict[str, Any]:
 def token_list(kind: str) -> list[str]:
     """``<blank>``=0, ``<s>``=1, ``</s>``=2, single CJK characters, ``<unk>`` last (the real layout)."""
     _check_kind(kind)
+    if kind not in STREAMING_KINDS:
+        from engine.model import factory_2pass
+
+        if kind in factory_2pass.OFFLINE_KINDS:
+            return factory_2pass.offline_tokens(kind)
+        if kind in factory_2pass.PUNC_KINDS:
+            return factory_2pass.punc_tokens(kind)
+        raise ValueError(f"model kind {kind!r} has no tokens")
     n_chars = _VOCAB_SIZES[kind] - 4
     return ["<blank>", "<s>", "</s>"] + [chr(0x4E00 + i) for i in range(n_chars)] + ["<unk>"]
 
@@ -160,12 +197,17 @@ def build_random_model(kind: str, out_dir: Path, seed: int = 0) -> Path:
     _check_kind(kind)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if kind not in STREAMING_KINDS:
+        from engine.model.factory_2pass import build_2pass
+
+        build_2pass(kind, out_dir, seed)
+        return out_dir
     conf = model_config(kind)
     tokens = token_list(kind)
 
     write_config(out_dir / "config.yaml", conf)
     write_tokens(out_dir / "tokens.json", tokens)
-    _write_am_mvn(out_dir / "am.mvn", seed)
+    random_am_mvn(out_dir / "am.mvn", seed)
     _write_weights(out_dir / "model.pt", conf, vocab_size=len(tokens), seed=seed)
     return out_dir
 
@@ -181,12 +223,12 @@ def ensure_model(kind: str, cache_dir: Path, seed: int = 0) -> Path:
     _check_kind(kind)
     cache_dir = Path(cache_dir).expanduser()
     final = cache_dir / f"{kind}-seed{seed}"
-    if _is_complete(final):
+    if _is_complete(final, kind):
         return final  # fast path: no lock, no torch import
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _file_lock(cache_dir / f".{final.name}.lock"):
-        if _is_complete(final):  # another process built it while we waited for the lock
+        if _is_complete(final, kind):  # another process built it while we waited for the lock
             return final
         if final.exists():
             _discard(final, cache_dir)  # a partial dir not made by us (we only ever rename complete ones)
@@ -209,8 +251,8 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
-def _is_complete(path: Path) -> bool:
-    return path.is_dir() and all((path / name).is_file() for name in MODEL_FILES)
+def _is_complete(path: Path, kind: str) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in model_files(kind))
 
 
 @contextmanager
@@ -245,7 +287,7 @@ def write_config(path: Path, conf: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(conf, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
-def _write_am_mvn(path: Path, seed: int) -> None:
+def random_am_mvn(path: Path, seed: int) -> None:
     """A random ``am.mvn``: shift is small seeded noise and rescale is near 1.
 
     The real file holds -mean and 1/std of log-mel features (about -10 and 0.25). These values make the
@@ -266,13 +308,14 @@ def write_am_mvn(path: Path, shift: np.ndarray, rescale: np.ndarray) -> None:
     def vec(values: np.ndarray) -> str:
         return " ".join(f"{v:.6f}" for v in values)
 
+    dim = len(shift)  # 560 for the Paraformers (80 mels x 7), 400 for the VAD (80 x 5)
     lines = [
         "<Nnet>",
-        f"<Splice> {FEAT_DIM} {FEAT_DIM}",
+        f"<Splice> {dim} {dim}",
         "[ 0 ]",
-        f"<AddShift> {FEAT_DIM} {FEAT_DIM}",
+        f"<AddShift> {dim} {dim}",
         f"<LearnRateCoef> 0 [ {vec(shift)} ]",
-        f"<Rescale> {FEAT_DIM} {FEAT_DIM}",
+        f"<Rescale> {dim} {dim}",
         f"<LearnRateCoef> 0 [ {vec(rescale)} ]",
         "</Nnet>",
     ]
@@ -293,7 +336,7 @@ def save_weights(path: Path, model: Any) -> None:
     torch.save(state_dict, path)
 
 
-def instantiate(conf: dict[str, Any], vocab_size: int, seed: int) -> Any:
+def instantiate(conf: dict[str, Any], vocab_size: int, seed: int, input_size: int | None = FEAT_DIM) -> Any:
     """The model of ``conf``, built the way ``AutoModel.build_model`` does, its weights drawn under ``seed``."""
     import funasr  # noqa: F401  - importing the package registers the model classes in ``tables``
     import torch
@@ -303,10 +346,10 @@ def instantiate(conf: dict[str, Any], vocab_size: int, seed: int) -> Any:
     if model_class is None:
         raise RuntimeError(f"FunASR has no registered model class {conf['model']!r}")
     # build_model passes model_conf merged with the whole config, plus the sizes it derives from the
-    # tokenizer (vocab_size) and the frontend (input_size = n_mels * lfr_m).
+    # tokenizer (vocab_size) and the frontend (input_size = n_mels * lfr_m; None without a frontend).
     kwargs: dict[str, Any] = copy.deepcopy(conf["model_conf"])
     kwargs.update({k: copy.deepcopy(v) for k, v in conf.items() if k != "model_conf"})
-    kwargs.update(vocab_size=vocab_size, input_size=FEAT_DIM)
+    kwargs.update(vocab_size=vocab_size, input_size=input_size)
 
     # fork_rng: seed locally without disturbing the caller's global RNG state.
     with _RNG_LOCK, torch.random.fork_rng(devices=[]):
