@@ -18,6 +18,11 @@ exactly like the real downloads, built from FunASR's own classes:
   iic/punc_ct-transformer_zh-cn-common-vad_realtime-vocab272727), which carries ``cache["pre_text"]`` across calls:
   ``config.yaml``, ``model.pt``, ``tokens.json`` (no frontend, so no ``am.mvn``).
 
+Sizes (seed 0): ``vad`` 0.43 M parameters, model.pt 1.7 MB; ``offline-tiny-random`` 2.6 M, 10 MB (128 wide, 4
+encoder / 2 decoder / 1 bias-decoder blocks, 64 tokens); ``offline-large-random`` 247 M, 990 MB;
+``punc-tiny-random`` 73 k, 0.3 MB (64 wide, 2 blocks, 68 tokens); ``punc-large-random`` 72 M, 289 MB (its 272727 x
+256 embedding is 70 M of them) plus a 2.7 MB tokens.json.
+
 Architecture values: funasr 1.4.16 ships no ``template.yaml`` for these three models (``find funasr -name
 "*.yaml"`` finds nothing), so the "large"/real values below are those of the published models' ``config.yaml``
 files, each checked against the constructor signature it feeds in the installed package (a wrong or misspelt key
@@ -428,8 +433,10 @@ def build_punc(kind: str, out_dir: Path, seed: int) -> None:
     write_tokens(out_dir / "tokens.json", tokens)
     model = instantiate(conf, len(tokens), seed, input_size=None)
     # Class 0 of punc_list is "<unk>", the padding label (ignore_id 0) a trained model never predicts. Random
-    # weights do predict it, and CTTransformerStreaming then writes the literal text "<unk>" after a word (it only
-    # drops "_"). A strongly negative bias on that class gives the trained model's behaviour.
+    # weights do predict it, and CTTransformerStreaming then writes the literal text "<unk>" after each such word
+    # ("一<unk>丁<unk>七<unk>..."; it drops only "_", and its trailing-mark strip misses "<unk>" because it tests
+    # the last CHARACTER, ">"); with no "。"/"？" predicted, cache["pre_text"] is never cut either. A strongly
+    # negative bias on that class gives the trained model's behaviour.
     with torch.no_grad():
         model.decoder.bias[0] = -30.0
     save_weights(out_dir / "model.pt", model)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -276,3 +278,25 @@ def test_punc_model_carries_pre_text_across_calls(punc_tiny_model: Path) -> None
         assert isinstance(cache["pre_text"], list)
     assert all(texts) and not any("<unk>" in t for t in texts)
     assert automodel.model.punc_list == PUNC_LIST
+
+
+@pytest.mark.skipif(
+    os.environ.get("PARASTREAM_TEST_LARGE") != "1",
+    reason="builds 0.3 + 1 GB twice; run with PARASTREAM_TEST_LARGE=1",
+)
+@pytest.mark.parametrize("kind", ["offline-large-random", "punc-large-random"])
+def test_2pass_large_kinds_are_byte_identical_and_load(tmp_path: Path, kind: str) -> None:
+    first = build_random_model(kind, tmp_path / "a", seed=0)
+    second = build_random_model(kind, tmp_path / "b", seed=0)
+    assert _kind_digests(first, kind) == _kind_digests(second, kind)
+    shutil.rmtree(second)
+    automodel = _load(first)
+    if kind == "offline-large-random":
+        from benchmarks.audio import synth_sentences, to_float32
+
+        result = automodel.generate(input=to_float32(synth_sentences([2.0], seed=0)), hotword="丁七")[0]
+        assert len(result["timestamp"]) == len(result["text"].split()) > 0
+    else:
+        cache: dict[str, Any] = {}
+        assert automodel.generate(input="一丁七万丈三上下不与", cache=cache)[0]["text"]
+        assert "pre_text" in cache
