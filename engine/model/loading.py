@@ -1,4 +1,8 @@
-"""Loading a streaming Paraformer through FunASR: a local model directory, or a hub name with a fast offline check.
+"""Loading a FunASR model through FunASR: a local model directory, or a hub name with a fast offline check.
+
+Four roles, each named by its own setting (``ROLES``): the streaming Paraformer (``PARASTREAM_MODEL``) and the 2pass
+models, the FSMN VAD (``PARASTREAM_VAD_MODEL``), the offline Paraformer (``PARASTREAM_OFFLINE_MODEL``) and the
+CT-Transformer punctuation model (``PARASTREAM_PUNC_MODEL``). A load error names the setting of the role it loads.
 
 A local directory is loaded without touching the network. A hub name is looked up in the local ModelScope cache
 first; when it is not there and the hub cannot be reached, loading fails within seconds with a message that says
@@ -10,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -25,11 +30,44 @@ _DEFAULT_HUB_ENDPOINT = "https://modelscope.cn"  # modelscope_hub's DEFAULT_ENDP
 
 
 class ModelLoadError(RuntimeError):
-    """The model named by ``PARASTREAM_MODEL`` could not be loaded; the message says what to do."""
+    """The model named by ``PARASTREAM_MODEL`` (or a 2pass model's setting) could not be loaded; the message says
+    what to do."""
 
 
-def load_automodel(spec: str, device: str = "cpu", ncpu: int = 1) -> Any:
+@dataclass(frozen=True)
+class Role:
+    """What one kind of model is for: the setting that names it, the files its directory needs, what a test build
+    of it is called (``engine.model.factory``), and how to recognise it once FunASR has built it."""
+
+    name: str
+    setting: str
+    required_files: tuple[str, ...]
+    model_classes: tuple[str, ...]  # FunASR's registered class names; () = checked by _check_streaming_model
+    test_kind: str
+
+
+ROLES: dict[str, Role] = {
+    role.name: role
+    for role in (
+        Role("streaming", "PARASTREAM_MODEL", _REQUIRED_FILES, (), "tiny-random"),
+        # FSMN-VAD has no vocabulary; its directory holds config.yaml, model.pt and am.mvn.
+        Role("vad", "PARASTREAM_VAD_MODEL", ("config.yaml", "model.pt", "am.mvn"), ("FsmnVADStreaming",), "vad"),
+        # The 2pass server's corrected sentence: SeACo-Paraformer (hotwords, timestamps) or plain Paraformer.
+        Role(
+            "offline", "PARASTREAM_OFFLINE_MODEL", _REQUIRED_FILES,
+            ("SeacoParaformer", "Paraformer", "BiCifParaformer"), "offline-tiny-random",
+        ),
+        # The real-time server's punctuation: the vad_realtime CT-Transformer, which carries a cache across sentences.
+        Role("punc", "PARASTREAM_PUNC_MODEL", _REQUIRED_FILES, ("CTTransformerStreaming",), "punc-tiny-random"),
+    )
+}
+
+
+def load_automodel(spec: str, device: str = "cpu", ncpu: int = 1, role: str = "streaming") -> Any:
     """Load ``spec`` (a local model directory or a FunASR/ModelScope model name) as a ``funasr.AutoModel``.
+
+    ``role`` (a key of ``ROLES``) says what the model is for: it decides which setting an error names, which files a
+    local directory needs, and which FunASR class the loaded model must be.
 
     * A local directory is loaded without touching the network.
     * A name (``paraformer-zh-streaming`` or ``iic/speech_paraformer-...``) is first looked up in the
@@ -41,15 +79,18 @@ def load_automodel(spec: str, device: str = "cpu", ncpu: int = 1) -> Any:
 
     Dither is forced to 0 after loading (see :func:`_disable_dither`).
     """
+    if role not in ROLES:
+        raise ValueError(f"unknown model role {role!r}; expected one of {', '.join(ROLES)}")
+    the_role = ROLES[role]
     path = Path(spec).expanduser()
     if path.exists():
-        return _load_local_dir(path, device, ncpu)
+        return _load_local_dir(path, device, ncpu, the_role)
     if _looks_like_path(spec):
         raise ModelLoadError(
-            f"PARASTREAM_MODEL={spec!r}: local model directory {str(path)!r} does not exist. "
-            f"{_OFFLINE_HINT}"
+            f"{the_role.setting}={spec!r}: local model directory {str(path)!r} does not exist. "
+            f"{_hint(the_role)}"
         )
-    return _load_hub_name(spec, device, ncpu)
+    return _load_hub_name(spec, device, ncpu, the_role)
 
 
 _OFFLINE_HINT = (
@@ -59,7 +100,18 @@ _OFFLINE_HINT = (
 )
 
 
-def find_cached_hub_model(name: str) -> Path | None:
+def _hint(role: Role) -> str:
+    """What to do instead, for ``role``: the streaming role's text is the historical ``_OFFLINE_HINT``."""
+    if role.name == "streaming":
+        return _OFFLINE_HINT
+    return (
+        f"Point {role.setting} at a local model directory containing {', '.join(role.required_files)}, "
+        f"or build a test model with engine.model.factory.ensure_model({role.test_kind!r}, DIR) and set "
+        f"{role.setting} to the directory it returns."
+    )
+
+
+def find_cached_hub_model(name: str, role: str = "streaming") -> Path | None:
     """The local ModelScope cache directory of hub model ``name`` if a complete snapshot is there."""
     model_id = _hub_model_id(name)
     try:
@@ -69,7 +121,7 @@ def find_cached_hub_model(name: str) -> Path | None:
         cached = Path(snapshot_download(model_id, local_files_only=True))
     except Exception:  # not cached, or modelscope missing/broken: either way there is no usable copy
         return None
-    return cached if _is_model_dir(cached) else None
+    return cached if _is_model_dir(cached, ROLES[role]) else None
 
 
 def hub_reachable(timeout: float = _HUB_PROBE_TIMEOUT_S) -> bool:
@@ -121,47 +173,47 @@ def _hub_model_id(name: str) -> str:
     return str(name_maps_ms.get(name, name))
 
 
-def _missing_files(path: Path) -> list[str]:
-    missing = [f for f in _REQUIRED_FILES if not (path / f).is_file()]
+def _missing_files(path: Path, role: Role = ROLES["streaming"]) -> list[str]:
+    missing = [f for f in role.required_files if not (path / f).is_file()]
     if "tokens.json" in missing and (path / "tokens.txt").is_file():
         missing.remove("tokens.json")
     return missing
 
 
-def _is_model_dir(path: Path) -> bool:
-    return path.is_dir() and not _missing_files(path)
+def _is_model_dir(path: Path, role: Role = ROLES["streaming"]) -> bool:
+    return path.is_dir() and not _missing_files(path, role)
 
 
-def _load_local_dir(path: Path, device: str, ncpu: int) -> Any:
+def _load_local_dir(path: Path, device: str, ncpu: int, role: Role = ROLES["streaming"]) -> Any:
     if not path.is_dir():
         raise ModelLoadError(
-            f"PARASTREAM_MODEL={str(path)!r} is a file, not a model directory. {_OFFLINE_HINT}"
+            f"{role.setting}={str(path)!r} is a file, not a model directory. {_hint(role)}"
         )
-    missing = _missing_files(path)
+    missing = _missing_files(path, role)
     if missing:
         raise ModelLoadError(
-            f"PARASTREAM_MODEL={str(path)!r} is not a complete model directory: "
-            f"missing {', '.join(missing)}. {_OFFLINE_HINT}"
+            f"{role.setting}={str(path)!r} is not a complete model directory: "
+            f"missing {', '.join(missing)}. {_hint(role)}"
         )
-    return _build(str(path), device, ncpu, what=f"local model directory {str(path)!r}")
+    return _build(str(path), device, ncpu, what=f"local model directory {str(path)!r}", role=role)
 
 
-def _load_hub_name(name: str, device: str, ncpu: int) -> Any:
-    cached = find_cached_hub_model(name)
+def _load_hub_name(name: str, device: str, ncpu: int, role: Role = ROLES["streaming"]) -> Any:
+    cached = find_cached_hub_model(name, role.name)
     if cached is not None:
-        return _build(str(cached), device, ncpu, what=f"cached hub model {name!r} at {str(cached)!r}")
+        return _build(str(cached), device, ncpu, what=f"cached hub model {name!r} at {str(cached)!r}", role=role)
     if not hub_reachable():
         host, port = _probe_target()
         raise ModelLoadError(
-            f"PARASTREAM_MODEL={name!r} is not an existing local directory, so it was taken as a ModelScope "
+            f"{role.setting}={name!r} is not an existing local directory, so it was taken as a ModelScope "
             f"hub model name, but the hub could not be reached "
             f"(no connection to {host}:{port} within {_HUB_PROBE_TIMEOUT_S:.0f} s) and the model is "
-            f"not in the local ModelScope cache. {_OFFLINE_HINT}"
+            f"not in the local ModelScope cache. {_hint(role)}"
         )
-    return _build(name, device, ncpu, what=f"hub model {name!r}")
+    return _build(name, device, ncpu, what=f"hub model {name!r}", role=role)
 
 
-def _build(model: str, device: str, ncpu: int, what: str) -> Any:
+def _build(model: str, device: str, ncpu: int, what: str, role: Role = ROLES["streaming"]) -> Any:
     try:
         automodel = funasr.AutoModel(
             model=model,
@@ -173,12 +225,39 @@ def _build(model: str, device: str, ncpu: int, what: str) -> Any:
         )
     except Exception as exc:  # FunASR reports a failed download as "model ... is not registered"
         raise ModelLoadError(
-            f"PARASTREAM_MODEL: could not load {what}: {type(exc).__name__}: {str(exc)[:500]}. "
-            f"{_OFFLINE_HINT}"
+            f"{role.setting}: could not load {what}: {type(exc).__name__}: {str(exc)[:500]}. "
+            f"{_hint(role)}"
         ) from exc
-    _check_streaming_model(automodel, what)
-    _disable_dither(automodel)
+    if role.name == "streaming":
+        _check_streaming_model(automodel, what)
+        _disable_dither(automodel)
+    else:
+        _check_role_model(automodel, what, role)
+        _disable_dither_everywhere(automodel)
     return automodel
+
+
+def _check_role_model(automodel: Any, what: str, role: Role) -> None:
+    name = type(automodel.model).__name__
+    if name not in role.model_classes:
+        raise ModelLoadError(
+            f"{role.setting}: {what} loaded as {name}, which is not a {role.name} model "
+            f"(expected {' or '.join(role.model_classes)})."
+        )
+
+
+def _disable_dither_everywhere(automodel: Any) -> None:
+    """Dither 0 on every frontend object FunASR may use: the one in ``automodel.kwargs`` and the one in its baseline
+    snapshot (``_base_kwargs_map``, a deep copy taken at construction, which ``generate()`` restores before each
+    call). The two are different objects; both must be deterministic, for the adapters (which use the baseline's, as
+    ``generate()`` does) and for the reference loops. A punctuation model has no frontend."""
+    dicts = [automodel.kwargs, getattr(automodel, "_base_kwargs_map", {}).get("kwargs") or {}]
+    for kwargs in dicts:
+        frontend = kwargs.get("frontend")
+        if frontend is not None and hasattr(frontend, "dither"):
+            frontend.dither = 0.0
+        if isinstance(kwargs.get("frontend_conf"), dict) and "dither" in kwargs["frontend_conf"]:
+            kwargs["frontend_conf"]["dither"] = 0.0
 
 
 def _check_streaming_model(automodel: Any, what: str) -> None:
