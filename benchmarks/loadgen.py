@@ -13,6 +13,8 @@ What is measured, per stream:
 - **keeping up**: how many strides behind the processed audio fell. A stream keeps up if each stride was processed
   before the client finished sending the stride after it (at most one stride behind).
 - errors, and the final tokens (compared with the in-process reference by the caller).
+- for 2pass sessions (benchmarks.twopass): each `sentence` event with its arrival time, and when each append was
+  sent (its first sample and the moment), so a sentence can be timed from the append carrying any sample.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class StreamResult:
     send_lag_ms: float = 0.0  # how far the sender fell behind its real-time schedule (slow appends)
     tokens: list[str] | None = None
     errors: list[str] = field(default_factory=list)
+    sends: list[tuple[int, float]] = field(default_factory=list)  # (first sample of the append, when it was sent)
+    sentences: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # (arrival, sentence event data)
+    closed_at: float | None = None
+    worker: int | None = None  # where the server placed the session (Parastream; baselines answer 0)
 
     @property
     def keeps_up(self) -> bool:
@@ -55,7 +61,9 @@ async def _watch(client: ParastreamClient, sid: str, arrivals: list[tuple[float,
         now = time.monotonic()
         if "samples_processed" in event.data:
             arrivals.append((now, int(event.data["samples_processed"])))
-        if event.type == "final":
+        if event.type == "sentence":
+            result.sentences.append((now, dict(event.data)))
+        elif event.type == "final":
             result.tokens = list(event.data["tokens"])
         elif event.type == "error":
             result.errors.append(f"error event: {event.data}")
@@ -67,7 +75,9 @@ async def run_stream(
     result = StreamResult(index, len(pcm))
     await asyncio.sleep(start_delay)
     try:
-        sid = (await client.create_session(**(options or {})))["id"]
+        created = await client.create_session(**(options or {}))
+        sid = created["id"]
+        result.worker = created.get("worker")
     except httpx.HTTPError as exc:
         result.errors.append(f"create: {exc!r}")
         return result
@@ -91,9 +101,10 @@ async def run_stream(
             sent_at = time.monotonic()
             for k in range(offset // STRIDE_SAMPLES, end // STRIDE_SAMPLES):  # strides whose last sample is in this frame
                 stride_sent[k] = sent_at
+            result.sends.append((offset, sent_at))
             await client.append(sid, pcm[offset:end])
             result.append_ms.append((time.monotonic() - sent_at) * 1000)
-        closed_at = time.monotonic()
+        closed_at = result.closed_at = time.monotonic()
         await client.close(sid)
         await asyncio.wait_for(watcher, timeout=120)
         if arrivals and result.tokens is not None:

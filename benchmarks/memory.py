@@ -1,6 +1,7 @@
 """Memory of a running Parastream service: what does each worker cost once the model host has forked it?
 
     python -m benchmarks.memory --model large-random --workers 2 --sessions 4
+    python -m benchmarks.memory --model large-random --two-pass --sessions 4 --seconds 20   # all four models
 
 Starts the real service (`python -m app.cli serve`) as a subprocess, finds its processes (API process, model host,
 workers, multiprocessing's resource_tracker) and reads `/proc/PID/smaps_rollup` for each at three moments:
@@ -13,6 +14,12 @@ Figures are MiB (2**20 bytes), read from the kernel's smaps_rollup (kB granulari
 - RSS: resident pages; PSS: each page divided by the number of processes mapping it (sums to real use);
 - private = Private_Clean + Private_Dirty: pages only this process maps, i.e. what it alone costs;
 - shared = Shared_Clean + Shared_Dirty: pages also mapped elsewhere (for a worker: mostly the host's weights).
+
+`--two-pass`: the service also loads the 2pass models (`PARASTREAM_VAD_MODEL` `vad`, `PARASTREAM_OFFLINE_MODEL`
+`offline-<size>-random`, `PARASTREAM_PUNC_MODEL` `punc-<size>-random`, the size of `--model`), all in the host and
+shared by the workers; the sessions are `2pass` sessions streaming `synth_sentences` audio, so sentences are decoded
+while memory is sampled (the *peak* column holds the offline model's activations). No standalone probe is run in
+this mode (it would load the streaming model only). Results: memory-2pass-<model>.json / .md.
 
 The benchmark process itself never imports torch or funasr (the probe is a subprocess), so it cannot disturb what it
 measures beyond its HTTP traffic.
@@ -34,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from app.client import ParastreamClient, stream_pcm
-from benchmarks.audio import synth_speechlike, to_float32
+from benchmarks.audio import synth_sentences, synth_speechlike, to_float32
 from benchmarks.common import (
     MIB,
     RESULTS,
@@ -148,9 +155,9 @@ class Service(ParastreamServer):
     """The service measured: its workers report fresh cache bytes (frequent pings); on leaving, it is stopped
     (killed if it ignores SIGTERM, with a warning), the rings of a killed API process are swept and its log goes."""
 
-    def __init__(self, model_dir: Path, workers: int) -> None:
+    def __init__(self, model_dir: Path, workers: int, **settings: Any) -> None:
         super().__init__(model_dir, name="parastream-memory", ready_timeout=600, workers=workers,
-                         worker_ping_interval_s=PING_INTERVAL_S)
+                         worker_ping_interval_s=PING_INTERVAL_S, **settings)
 
     def close(self, strict: bool = False) -> None:
         try:
@@ -187,13 +194,24 @@ def snapshot(roles: dict[str, int]) -> dict[str, dict[str, float]]:
     return {role: memory_of(pid) for role, pid in roles.items()}
 
 
-async def stream_sessions(service: Service, roles: dict[str, int], sessions: int, seconds: float, speed: float) -> dict[str, Any]:
+def sentence_audio(seconds: float, seed: int) -> Any:
+    """About `seconds` of synth_sentences audio: sentences of 2-5 s, 1.2 s pauses (each ends a VAD segment)."""
+    lengths, total = [], 0.5
+    while total < seconds - 3.2:
+        lengths.append(2.0 + (seed * 7 + len(lengths) * 3) % 4 * 1.0)
+        total += lengths[-1] + 1.2
+    return synth_sentences(lengths or [2.0], seed=seed)
+
+
+async def stream_sessions(service: Service, roles: dict[str, int], sessions: int, seconds: float, speed: float,
+                          two_pass: bool = False) -> dict[str, Any]:
     """Stream `sessions` sessions at once; snapshot memory and worker cache bytes once each has run MIN_STRIDES."""
     sampler = Sampler(roles)
     sampling = asyncio.create_task(sampler.run())
     async with ParastreamClient(service.base_url, timeout=60) as client:
         # Created one after another, so the least-loaded placement spreads them round-robin over the workers.
-        ids = [(await client.create_session())["id"] for _ in range(sessions)]
+        options = {"mode": "2pass"} if two_pass else {}
+        ids = [(await client.create_session(**options))["id"] for _ in range(sessions)]
 
         async def final_of(session_id: str) -> str:
             last = "none"
@@ -203,7 +221,10 @@ async def stream_sessions(service: Service, roles: dict[str, int], sessions: int
 
         finals = [asyncio.create_task(final_of(sid)) for sid in ids]
         senders = [
-            asyncio.create_task(stream_pcm(client, sid, synth_speechlike(seconds, seed=i), SAMPLE_RATE, speed=speed))
+            asyncio.create_task(stream_pcm(
+                client, sid, sentence_audio(seconds, i) if two_pass else synth_speechlike(seconds, seed=i), SAMPLE_RATE,
+                speed=speed,
+            ))
             for i, sid in enumerate(ids)
         ]
         # Mid-stream moment: every session past the encoder cache's growth, none finished yet.
@@ -306,7 +327,8 @@ def conditions(model: str, model_dir: Path, workers: int, sessions: int, seconds
     }
 
 
-def headline(phases: dict[str, dict[str, dict[str, float]]], load: dict[str, Any], standalone: dict[str, Any], workers: int) -> dict[str, Any]:
+def headline(phases: dict[str, dict[str, dict[str, float]]], load: dict[str, Any], standalone: dict[str, Any] | None,
+             workers: int) -> dict[str, Any]:
     worker_roles = [f"worker{i}" for i in range(workers)]
     measured = {**phases, "peak": load["peak"]}
     private = {ph: {r: round(measured[ph][r]["private"], 1) for r in worker_roles} for ph in (*PHASES, "peak")}
@@ -318,9 +340,7 @@ def headline(phases: dict[str, dict[str, dict[str, float]]], load: dict[str, Any
     pss_anon_total = {ph: round(sum(m["pss_anon"] for m in phases[ph].values()), 1) for ph in PHASES}
     # A worker without sharing holds its own anonymous memory (weights, heap); its file-backed pages (libtorch and
     # other .so text) would still be shared through the page cache with other such workers, so count those once.
-    alone = standalone["after_strides"]
-    file_backed = alone["rss"] - alone["anonymous"]
-    return {
+    out = {
         "worker_private_mib": private,
         "private_beyond_first_worker_mib": beyond_first,
         "goal_mib": GOAL_MIB,
@@ -328,8 +348,15 @@ def headline(phases: dict[str, dict[str, dict[str, float]]], load: dict[str, Any
         "pss_total_mib": pss_total,
         "pss_anon_total_mib": pss_anon_total,
         "cache_bytes_per_session": sum(w["cache_bytes"] for w in placed) // n_sessions if n_sessions else None,
-        "cache_bytes_per_session_inprocess": standalone["cache_bytes_by_stride"][-1],
         "model_host_rss_mib": round(phases["loaded"]["model_host"]["rss"], 1),
+    }
+    if standalone is None:  # --two-pass: no probe
+        return out
+    alone = standalone["after_strides"]
+    file_backed = alone["rss"] - alone["anonymous"]
+    return {
+        **out,
+        "cache_bytes_per_session_inprocess": standalone["cache_bytes_by_stride"][-1],
         "standalone_worker_rss_mib": round(alone["rss"], 1),
         "standalone_worker_anonymous_mib": round(alone["anonymous"], 1),
         "without_sharing_estimate_mib": round(workers * alone["anonymous"] + file_backed + phases["loaded"]["api"]["pss"], 1),
@@ -339,7 +366,8 @@ def headline(phases: dict[str, dict[str, dict[str, float]]], load: dict[str, Any
 def markdown(result: dict[str, Any]) -> str:
     c, h, phases = result["conditions"], result["headline"], result["phases"]
     lines = [
-        f"# Memory: {c['model']}, {c['workers']} workers, {c['sessions']} sessions",
+        f"# Memory: {c['model']}{' with the 2pass models' if c.get('two_pass_models') else ''}, {c['workers']} "
+        f"workers, {c['sessions']} sessions",
         "",
         f"{c['date']} · commit {c['git_commit']} · {c['cpu']} ({c['cores']} cores, {c['memory_gib']} GiB) · "
         f"Python {c['python']}, torch {c['torch']}, funasr {c['funasr']} · {c['audio_seconds_per_session']} s of "
@@ -378,15 +406,32 @@ def markdown(result: dict[str, Any]) -> str:
         "- Private memory of a worker beyond the first, idle / loaded / peak / after: "
         + (f"**{b['idle']} / {b['loaded']} / {b['peak']} / {b['after']} MiB**" if b else "n/a")
         + f" (goal <= {GOAL_MIB} MiB in every phase: {verdict}).",
-        f"- Cache per session (workers' pongs): **{cps:,} bytes** ({cps / MIB:.2f} MiB); in-process "
-        f"`StreamingModel.cache_nbytes` after {len(result['standalone']['cache_bytes_by_stride'])} strides: "
-        f"{h['cache_bytes_per_session_inprocess']:,} bytes; by stride: {result['standalone']['cache_bytes_by_stride']}.",
+        f"- Cache per session (workers' pongs): **{cps:,} bytes** ({cps / MIB:.2f} MiB)"
+        + (";" if result["standalone"] else "."),
+    ]
+    if result["standalone"] is None:
+        models = c.get("two_pass_models", {})
+        lines += [
+            f"- Models loaded by the host and shared by every worker: the streaming model `{c['model']}` and "
+            + ", ".join(f"`{Path(v).name}` ({k.removesuffix('_model')})" for k, v in models.items())
+            + f". Sessions: mode `{c.get('session_mode', 'online')}` on synth_sentences audio (sentences of 2-5 s), so "
+            "*peak* includes offline decodes. No standalone probe in this mode.",
+        ]
+    else:
+        lines[-1] += (
+            f" in-process `StreamingModel.cache_nbytes` after {len(result['standalone']['cache_bytes_by_stride'])} "
+            f"strides: {h['cache_bytes_per_session_inprocess']:,} bytes; by stride: "
+            f"{result['standalone']['cache_bytes_by_stride']}."
+        )
+        lines += [
         f"- One worker without fork sharing (a process that imports and loads on its own, then runs the same "
         f"strides): RSS {h['standalone_worker_rss_mib']} MiB, of which {h['standalone_worker_anonymous_mib']} MiB "
         f"anonymous. {c['workers']} such workers (anonymous memory each, library pages once) + the API process "
         f"≈ {h['without_sharing_estimate_mib']:.0f} MiB, against "
         f"{t['loaded']:.0f} MiB total PSS measured with sharing.",
         f"- Model: {result['standalone']['params']:,} parameters, {result['standalone']['param_bytes'] / MIB:.0f} MiB of weights.",
+        ]
+    lines += [
         "",
         "Largest private mappings of each worker while loaded (MiB, from /proc/PID/smaps):",
         "",
@@ -408,14 +453,23 @@ def named_model(spec: str) -> tuple[str, Path]:
     return (spec, path) if spec in KINDS else (path.resolve().name, path.resolve())
 
 
-def measure(model: str, model_dir: Path, workers: int, sessions: int, seconds: float, speed: float) -> dict[str, Any]:
-    with Service(model_dir, workers) as service:
+def sentence_models(model: str) -> dict[str, Path]:
+    """The 2pass models that go with `model` (large-random: the large ones; anything else: the tiny ones)."""
+    size = "large" if "large" in model else "tiny"
+    return {"vad_model": resolve_model("vad"), "offline_model": resolve_model(f"offline-{size}-random"),
+            "punc_model": resolve_model(f"punc-{size}-random")}
+
+
+def measure(model: str, model_dir: Path, workers: int, sessions: int, seconds: float, speed: float,
+            two_pass: bool = False) -> dict[str, Any]:
+    settings: dict[str, Any] = sentence_models(model) if two_pass else {}
+    with Service(model_dir, workers, **settings) as service:
         time.sleep(1.0)  # let start-up settle and a few pongs arrive
         worker_pids = [w["pid"] for w in sorted(service.workers(), key=lambda w: w["slot"])]
         roles = find_processes(service.pid, worker_pids)
         idle = snapshot(roles)
         others = {"idle": other_torch_processes(set(roles.values()))}
-        load = asyncio.run(stream_sessions(service, roles, sessions, seconds, speed))
+        load = asyncio.run(stream_sessions(service, roles, sessions, seconds, speed, two_pass))
         time.sleep(1.0)  # the workers drop caches at the final; let pongs report it
         after = snapshot(roles)
         others["loaded"] = load.pop("other_torch_processes_loaded")
@@ -441,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="audio per session")
     parser.add_argument("--speed", type=float, default=1.0, help="pace relative to real time")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--two-pass", action="store_true", help="also load the VAD, offline and punctuation models")
     parser.add_argument("--probe", metavar="MODEL_DIR", help=argparse.SUPPRESS)  # internal: the standalone probe
     parser.add_argument("--probe-strides", type=int, default=8, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -450,10 +505,13 @@ def main(argv: list[str] | None = None) -> int:
 
     model, model_dir = named_model(args.model)
     result: dict[str, Any] = {"conditions": conditions(model, model_dir, args.workers, args.sessions, args.seconds, args.speed)}
-    result.update(measure(model, model_dir, args.workers, args.sessions, args.seconds, args.speed))
+    if args.two_pass:
+        result["conditions"]["two_pass_models"] = {k: str(v) for k, v in sentence_models(model).items()}
+        result["conditions"]["session_mode"] = "2pass"
+    result.update(measure(model, model_dir, args.workers, args.sessions, args.seconds, args.speed, args.two_pass))
     # After the service is gone, so the probe's load does not compete with the measured processes.
     per_worker = -(-args.sessions // args.workers)
-    result["standalone"] = run_probe(model_dir, per_worker)
+    result["standalone"] = None if args.two_pass else run_probe(model_dir, per_worker)
     result["headline"] = headline(result["phases"], result["load"], result["standalone"], args.workers)
     if result["shm_leftovers"]:
         print(f"WARNING: shared-memory segments left behind: {result['shm_leftovers']}", file=sys.stderr)
@@ -461,10 +519,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WARNING: not every session ended with a final: {result['load']['outcomes']}", file=sys.stderr)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"memory-{model}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"memory-{model}.md").write_text(markdown(result))
+    stem = f"memory-2pass-{model}" if args.two_pass else f"memory-{model}"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
-    print(f"wrote {args.out / f'memory-{model}.json'} and .md")
+    print(f"wrote {args.out / f'{stem}.json'} and .md")
     return 0
 
 
