@@ -27,6 +27,9 @@ from tests.helpers import collect, session_info, stream_in_pieces, until
 from tests.reference_cache import reference_tokens
 
 LARGE = os.environ.get("PARASTREAM_TEST_MODEL", "tiny-random") == "large-random"
+# The service's PARASTREAM_MAX_SENTENCE_S, short so that the clips' longer sentences also meet the cut (and the
+# references are FunASR's VAD with the same max_single_segment_time).
+MAX_SENTENCE_S = 3
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,9 @@ def _automodel(path: str, role: str, max_sentence_ms: int | None = None) -> Any:
     return model
 
 
-def reference(models: dict[str, Path], pcm: np.ndarray, hotwords: str = "", max_sentence_ms: int = 60_000) -> TwoPassReference:
+def reference(
+    models: dict[str, Path], pcm: np.ndarray, hotwords: str = "", max_sentence_ms: int = MAX_SENTENCE_S * 1000
+) -> TwoPassReference:
     return reference_2pass(
         _automodel(str(models["vad"]), "vad", max_sentence_ms),
         _automodel(str(models["offline"]), "offline"),
@@ -102,6 +107,7 @@ def pipeline_service(models: dict[str, Path]) -> Iterator[ServiceProcess]:
         punc_model=models["punc"],
         worker_ping_interval_s=0.2,
         max_append_bytes=64_000,
+        max_sentence_s=MAX_SENTENCE_S,
     )
     with ServiceProcess(models["model"], **settings) as svc:
         yield svc
@@ -223,22 +229,19 @@ def test_crash_or_move_mid_sentence_changes_nothing(
     assert victims
 
 
-def test_a_sentence_longer_than_the_limit_is_cut_there(models: dict[str, Path]) -> None:
+def test_a_sentence_longer_than_the_limit_is_cut_there(pipeline_service: ServiceProcess, models: dict[str, Path]) -> None:
     """PARASTREAM_MAX_SENTENCE_S=3: the VAD ends a sentence 3 s long and the next begins, as FunASR's VAD does with
     max_single_segment_time 3000; the served sentences equal that reference."""
     pcm = synth_sentences([9.0, 1.5], pause_s=1.2, seed=3)
-    settings = dict(workers=1, vad_model=models["vad"], offline_model=models["offline"], punc_model=models["punc"])
-    with ServiceProcess(models["model"], max_sentence_s=3, **settings) as svc:
 
-        async def run() -> list[TranscriptEvent]:
-            async with ParastreamClient(svc.base_url) as client:
-                sid = (await client.create_session(mode="offline"))["id"]
-                watcher = asyncio.create_task(collect(client, sid))
-                await stream_in_pieces(client, sid, pcm, random.Random(0), max_piece=16_000)
-                return await asyncio.wait_for(watcher, 120)
+    async def run() -> list[TranscriptEvent]:
+        async with ParastreamClient(pipeline_service.base_url) as client:
+            sid = (await client.create_session(mode="offline"))["id"]
+            watcher = asyncio.create_task(collect(client, sid))
+            await stream_in_pieces(client, sid, pcm, random.Random(0), max_piece=16_000)
+            return await asyncio.wait_for(watcher, 120)
 
-        events = asyncio.run(run())
-    ref = reference(models, pcm, max_sentence_ms=3000)
-    assert_sentences_equal(events, ref, pcm)
+    events = asyncio.run(run())
+    assert_sentences_equal(events, reference(models, pcm), pcm)
     lengths = [s["end_ms"] - s["start_ms"] for s in served(events)]
-    assert len(lengths) >= 3 and max(lengths) <= 3000 + 60  # FunASR cuts at the first frame past the limit
+    assert len(lengths) >= 3 and max(lengths) <= MAX_SENTENCE_S * 1000 + 60  # cut at the first frame past the limit
