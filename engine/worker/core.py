@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -68,15 +69,20 @@ class StreamModel(Protocol):
 
 
 class OfflineResult(Protocol):
-    tokens: list[str]
-    text: str
-    timestamps: list[list[int]]  # per token, ms from the start of the decoded audio
+    @property
+    def tokens(self) -> Sequence[str]: ...
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def timestamps(self) -> Sequence[Sequence[int]]: ...  # per token [start, end], ms from the decoded audio's start
 
 
 class OfflineDecoder(Protocol):
     """`engine.model.offline.OfflineModel`: one forward pass over sentences that share hotwords."""
 
-    def decode(self, audios: list[np.ndarray], hotwords: str) -> list[OfflineResult]: ...
+    def decode(self, audios: list[np.ndarray], hotwords: str) -> Sequence[OfflineResult]: ...
 
 
 class Punctuator(Protocol):
@@ -159,7 +165,6 @@ class WorkerCore:
         self.model = model
         self.max_batch = max_batch
         self.sentence_models = sentence_models
-        self.sentences_decoded = 0
         self.sessions: dict[str, HeldSession] = {}
         self.strides = 0
         self.batches = 0
@@ -197,7 +202,9 @@ class WorkerCore:
         """Take over from the last snapshot; report what the dead worker computed but never sent.
 
         The worker sends each stride's result right after its snapshot, so the snapshot is at most that one stride
-        ahead of what the API process heard (`msg.tokens`); its last stride's tokens are the ones to send."""
+        ahead of what the API process heard (`msg.tokens`); its last stride's tokens are the ones to send. In 2pass
+        and offline mode the sentences decoded after that stride may be unheard too (`SentenceProgress.recent`);
+        `msg.sentences` says how many the API process has."""
         try:
             snapshot = state.snapshots.load()
         except Exception as exc:  # a torn or foreign segment: this session cannot be recovered
@@ -456,7 +463,6 @@ class WorkerCore:
                     if state.session_id in self.sessions:
                         out.append(self._fail(state.session_id, exc))
         offline_s = time.perf_counter() - started
-        self.sentences_decoded += len(batch)
         for (state, pending), result in zip(batch, results, strict=True):
             if result is not None and state.session_id in self.sessions:
                 out.extend(self._finish_sentence(state, pending, result, offline_s, len(batch)))
