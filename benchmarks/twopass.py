@@ -24,9 +24,11 @@ synth_sentences audio: 4-5 sentences of 2-5 s separated by 1.2 s pauses. Per lev
   with these clips: each ends with a pause) are counted apart, not timed.
 
 Each system first serves one unmeasured warm-up session (two short sentences). The levels run in order; a system
-stops at the first level where a session fell behind, failed or could not send in real time. A level passes
-(capacity) when partial p95 <= 600 ms AND sentence p95 (from audio_end_ms) <= 1500 ms, with no
-errors, every session keeping up (at most one stride behind) and every client sending in real time. Each condition
+stops after the first level where a session failed, a client could not send in real time, or partial p95 went over
+5x the limit. A level passes (capacity) when partial p95 <= 600 ms AND sentence p95 (from audio_end_ms) <= 1500 ms,
+with no errors, every session ending with its final and every client sending in real time (not the online
+benchmark's "at most one stride behind": a session's own sentence decode holds its next strides in both designs;
+the most strides behind is reported). Each condition
 alone is reported too.
 
 Interleaving (`--interleave`): one Parastream 2pass service; K `online` sessions stream speech-like audio alone,
@@ -69,6 +71,7 @@ log = logging.getLogger(__name__)
 SAMPLES_PER_MS = 16
 PARTIAL_LIMIT_MS = 600.0
 SENTENCE_LIMIT_MS = 1500.0
+SATURATED = 5  # a system stops climbing after a level whose partial p95 is over 5x the limit (it is falling behind)
 HONESTY = (
     "The models have random weights (FunASR's real architectures: streaming Paraformer, FSMN-VAD, SeACo-Paraformer, "
     "CT-Transformer): these figures measure serving cost, not recognition accuracy, and the transcripts are "
@@ -88,7 +91,7 @@ class TwoPassConfig:
     warmup: bool = True  # one unmeasured session (two short sentences) first: first-call costs are not load
     interleave: bool = True
     interleave_online: int = 2
-    interleave_two_pass: int = 2
+    interleave_two_pass: int = 1  # placed first: its worker gets one online session, the other worker the other
     interleave_online_seconds: float = 40.0
     interleave_sentences: list[float] = field(default_factory=lambda: [12.0, 14.0, 10.0])
     quick: bool = False
@@ -212,10 +215,14 @@ def summarize(n: int, results: list[StreamResult], clip_of: list[int]) -> dict[s
     sentence = [t["latency_ms"] for ts in timings for t in ts if not t["at_close"] and t["latency_ms"] is not None]
     from_vad = [t["from_vad_end_ms"] for ts in timings for t in ts if not t["at_close"] and t["from_vad_end_ms"] is not None]
     errors = [e for r in results for e in r.errors]
-    keeps_up = sum(1 for r in results if r.keeps_up)
+    keeps_up = sum(1 for r in results if r.behind_strides <= 1)
     send_lag = max((r.send_lag_ms for r in results), default=0.0)
     p95, s95 = percentile(partial, 95), percentile(sentence, 95)
-    healthy = keeps_up == len(results) and not errors and send_lag <= PARTIAL_LIMIT_MS
+    # Not the online benchmark's "at most one stride behind": a session's own sentence decode holds its next strides
+    # in both designs (FunASR's loop is sequential per connection; Parastream decodes a session's ended sentences
+    # before its next stride), so 2pass sessions fall behind for a moment by design. Reported (max behind), and
+    # judged through the partial p95 instead.
+    healthy = len(results) == sum(1 for r in results if r.tokens is not None) and not errors and send_lag <= PARTIAL_LIMIT_MS
     partial_ok = p95 is not None and p95 <= PARTIAL_LIMIT_MS
     sentence_ok = s95 is not None and s95 <= SENTENCE_LIMIT_MS
     return {
@@ -229,7 +236,7 @@ def summarize(n: int, results: list[StreamResult], clip_of: list[int]) -> dict[s
         if any(timings) else None,
         "max_behind_strides": max((r.behind_strides for r in results), default=0),
         "max_send_lag_ms": round(send_lag, 1),
-        "sessions_keeping_up": keeps_up,
+        "sessions_at_most_one_stride_behind": keeps_up,
         "errors": len(errors),
         "error_examples": errors[:3],
         "finals": sum(1 for r in results if r.tokens is not None),
@@ -306,7 +313,8 @@ def bench_system(spec: SystemSpec, config: TwoPassConfig, model_dir: Path, clips
             trials.append(summary)
             log.info("%s N=%d: partial p95 %s, sentence p95 %s, passed %s", spec.name, n,
                      summary["partial_ms"]["p95"], summary["sentence_ms"]["p95"], summary["passed"])
-            if not summary["healthy"]:  # fell behind (or failed): more streams can only fall further behind
+            saturated = (summary["partial_ms"]["p95"] or 0) > SATURATED * PARTIAL_LIMIT_MS
+            if not summary["healthy"] or saturated:  # more streams can only fall further behind
                 break
         if config.interleave and spec.name == "parastream-2pass":
             interleave = run_interleave(config, system.base_url)
@@ -361,7 +369,7 @@ def run_interleave(config: TwoPassConfig, base_url: str) -> dict[str, Any]:
     phases: dict[str, Any] = {}
     for phase in ("alone", "beside_2pass"):
         groups: list[tuple[list[list[np.ndarray]], dict[str, Any]]] = []
-        if phase == "beside_2pass":  # created first: least-loaded placement puts one on each worker
+        if phase == "beside_2pass":  # created first: least-loaded placement spreads the online ones after it
             groups.append((long_clips, {"mode": "2pass"}))
         groups.append((online_clips, {"mode": "online"}))
         before = scrape_sentences(base_url)
