@@ -8,13 +8,14 @@ The stride schedule is what makes served transcripts exact. FunASR's own loop, f
 minus one sample). A session here runs exactly that sequence however its audio arrived: a full stride is processed
 non-final as soon as it is in the ring, and the final step runs on close with whatever is left before `end_pos`.
 
-A 2pass or offline session (docs/pipeline.md) also runs the VAD over each stride's frames right after the stride
-(`engine.worker.sentences`); a sentence that ends there is decoded by the offline model and punctuated before the
-session's next stride runs, so its events come in an order fixed by its audio alone (partials of stride k, the
-sentences that ended in stride k, stride k + 1...), whatever the load, a crash or a move. Other sessions' strides do
-not wait: `run_batch` alternates one batch of strides with one batch of sentences (`_run_sentences`). On close, such a
-session runs the VAD over the tail, decodes what is left, then ends; the streaming model's final step is skipped,
-since FunASR's 2pass server throws its result away too.
+A 2pass or offline session (docs/pipeline.md) also runs the VAD over its audio as it arrives, 60 ms at a time
+(`engine.worker.sentences`). A sentence that ends is decoded by the offline model on the worker's low-priority
+second-pass thread (`engine.worker.second_pass`), batched with other sessions' sentences, while strides go on; the loop
+then punctuates it and holds it until the partial of the stride it ended in is out. A session's events therefore come
+in an order fixed by its audio alone (the partial of stride k, the sentences that ended in stride k, stride k + 1...),
+whatever the load, a crash or a move: its stride k + 1 waits for such a sentence (other sessions' strides do not).
+On close, the VAD runs over the tail, what is left is decoded, then the session ends; the streaming model's final
+step is skipped, since FunASR's 2pass server throws its result away too.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -44,6 +44,7 @@ from engine.messages import (
 )
 from engine.ring import RingReader
 from engine.units import SAMPLE_RATE
+from engine.worker.second_pass import Done, Job, OfflineDecoder, OfflineResult, SecondPass
 from engine.worker.sentences import PendingSentence, SentenceTracker, Vad
 from engine.worker.snapshot import SnapshotStore
 
@@ -66,23 +67,6 @@ class StreamModel(Protocol):
     def text(self, tokens: list[str]) -> str: ...
 
     def cache_nbytes(self, cache: dict[str, Any]) -> int: ...
-
-
-class OfflineResult(Protocol):
-    @property
-    def tokens(self) -> Sequence[str]: ...
-
-    @property
-    def text(self) -> str: ...
-
-    @property
-    def timestamps(self) -> Sequence[Sequence[int]]: ...  # per token [start, end], ms from the decoded audio's start
-
-
-class OfflineDecoder(Protocol):
-    """`engine.model.offline.OfflineModel`: one forward pass over sentences that share hotwords."""
-
-    def decode(self, audios: list[np.ndarray], hotwords: str) -> Sequence[OfflineResult]: ...
 
 
 class Punctuator(Protocol):
@@ -117,6 +101,7 @@ class SentenceProgress:
 
     tracker: SentenceTracker
     punc_cache: dict[str, Any]
+    ready: list[SentenceDone] = field(default_factory=list)  # decoded, waiting for the partial of their stride
     sent: int = 0  # sentences sent (an empty decode is not sent, as FunASR sends none)
     # The sentences sent since the session's last stride: the worker sends a step's messages together, so a crash
     # can lose a stride and the sentences after it; a restore resends those the API process never heard.
@@ -141,12 +126,13 @@ class HeldSession:
     last_tokens: tuple[str, ...] = ()  # the last stride's: every snapshot carries them (see _restore)
     pipeline: PipelineOptions = PipelineOptions()
     sentences: SentenceProgress | None = None  # 2pass and offline sessions only
+    epoch: int = 0  # which incarnation of the session a second-pass result belongs to (see _submit)
 
     def next_step(self, write_pos: int) -> tuple[int, bool] | None:
         """(samples, is_final) of the step this session can run now, or None if it must wait for audio (or, in 2pass
         and offline mode, for its ended sentences to be decoded first)."""
-        if self.sentences is not None and (self.sentences.tracker.pending or self.sentences.tracker.finished):
-            return None
+        if self.sentences is not None and any(p.audio_end <= self.processed_pos for p in self.sentences.tracker.pending):
+            return None  # a sentence that ended in the last stride goes out first (see the module docstring)
         stride = self.options.stride_samples
         limit = write_pos if self.end_pos is None else min(write_pos, self.end_pos)
         if limit - self.processed_pos >= stride:
@@ -159,12 +145,23 @@ class HeldSession:
 class WorkerCore:
     """`max_batch`: most sessions one forward pass takes (1: no batching)."""
 
-    def __init__(self, model: StreamModel, max_batch: int = 1, sentence_models: SentenceModels | None = None) -> None:
+    def __init__(
+        self,
+        model: StreamModel,
+        max_batch: int = 1,
+        sentence_models: SentenceModels | None = None,
+        threaded_second_pass: bool = True,
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.model = model
         self.max_batch = max_batch
         self.sentence_models = sentence_models
+        self.second_pass = (
+            SecondPass(sentence_models.offline, threaded_second_pass) if sentence_models is not None else None
+        )
+        self._submitted: set[tuple[str, int, int]] = set()  # (session, epoch, audio_start) on the second pass
+        self._epochs = 0
         self.sessions: dict[str, HeldSession] = {}
         self.strides = 0
         self.batches = 0
@@ -189,8 +186,13 @@ class WorkerCore:
         )
         if msg.pipeline.mode.sentences:
             state.sentences = self._new_sentences()
+            state.epoch = self._next_epoch()
         self.sessions[msg.session_id] = state
         return self._restore(state, msg) if isinstance(msg, RestoreSession) else []
+
+    def _next_epoch(self) -> int:
+        self._epochs += 1
+        return self._epochs
 
     def _new_sentences(self) -> SentenceProgress:
         models = self.sentence_models
@@ -261,34 +263,31 @@ class WorkerCore:
     # --- work ----------------------------------------------------------------------------------------------
 
     def has_work(self) -> bool:
-        return any(
-            s.next_step(s.ring.write_pos) is not None or self._sentence_work(s) for s in self.sessions.values()
-        )
+        """Something can run now (a decode still on the second pass is not: see `waiting`)."""
+        return any(s.next_step(s.ring.write_pos) is not None for s in self.sessions.values()) or self._sentence_work()
 
-    @staticmethod
-    def _sentence_work(state: HeldSession) -> bool:
-        return state.sentences is not None and (bool(state.sentences.tracker.pending) or state.sentences.tracker.finished)
+    def waiting(self) -> bool:
+        """A decode is on the second pass: poll again soon, without spinning (the loop would starve that thread)."""
+        return self.second_pass is not None and self.second_pass.busy
 
     def run_once(self) -> list[FromWorker]:
-        """Everything that can run now: every session's step, then every ended sentence, in batches."""
+        """Everything that can run now: every session's step in batches, then the sentence path until it rests."""
         out: list[FromWorker] = []
         pending = self._ready_in_turn()
         for start in range(0, len(pending), self.max_batch):
             out.extend(self._run(pending[start : start + self.max_batch]))
-        while any(self._sentence_work(s) for s in self.sessions.values()):
+        while self._sentence_work() or self.waiting():
             out.extend(self._run_sentences())
         return out
 
     def run_batch(self) -> list[FromWorker]:
-        """One batch of strides (up to `max_batch` sessions with a stride ready, taken round robin so none starves),
-        then one batch of ended sentences. Alternating bounds what a long offline decode costs other sessions'
-        partials: one offline batch (PARASTREAM_OFFLINE_MAX_BATCH sentences), measured in docs/pipeline.md."""
+        """The sentence path's bookkeeping (finished decodes, the VAD over new audio, the next decode), then one batch
+        of strides: up to `max_batch` sessions with a stride ready, taken round robin so none starves."""
+        out = self._run_sentences() if self.sentence_models is not None else []
         batch = self._ready_in_turn()[: self.max_batch]
         if batch:
             self._turn = batch[-1]
-        out = self._run(batch)
-        if any(self._sentence_work(s) for s in self.sessions.values()):
-            out.extend(self._run_sentences())
+        out.extend(self._run(batch))
         return out
 
     def _ready_in_turn(self) -> list[str]:
@@ -353,24 +352,16 @@ class WorkerCore:
         compute_s: float,
         batch_size: int,
     ) -> list[FromWorker]:
-        """A stride's sentence path (the VAD over its frames), then its snapshot and report."""
+        """A stride's snapshot and report, then the sentences that were waiting for it."""
         if state.sentences is None:
             return [self._finish_step(state, n, is_final, tokens, compute_s, batch_size)]
-        tracker = state.sentences.tracker
-        try:
-            tracker.feed(self._vad(), samples)
-            if is_final:
-                assert state.end_pos is not None
-                tracker.finish(state.end_pos)
-        except Exception as exc:
-            return [self._fail(state.session_id, exc)]
         if is_final:
-            # The session ends once its last sentences are decoded (_run_sentences). Its progress is snapshotted
-            # so that a crash while they decode does not run the VAD over the tail twice.
+            # No streaming final step (see the module docstring): the audio is covered, the session ends once its
+            # last sentences are out (_run_sentences).
             state.processed_pos += n
             self._save(state)
-            return []
-        return [self._finish_step(state, n, is_final, tokens, compute_s, batch_size)]
+            return self._due(state)
+        return [self._finish_step(state, n, is_final, tokens, compute_s, batch_size), *self._due(state)]
 
     def _vad(self) -> Vad:
         assert self.sentence_models is not None
@@ -420,66 +411,136 @@ class WorkerCore:
 
     # --- sentences (2pass and offline sessions) -------------------------------------------------------------
 
+    def _sentence_work(self) -> bool:
+        """The sentence path has something to do now: VAD frames, a decode to start or to apply, a session to end."""
+        if self.second_pass is None:
+            return False
+        if self.second_pass.has_results():
+            return True
+        idle = not self.second_pass.busy
+        for state in self.sessions.values():
+            progress = state.sentences
+            if progress is None:
+                continue
+            tracker = progress.tracker
+            if self._vad_limit(state) is not None or self._can_end(state):
+                return True
+            if idle and any(self._key(state, p) not in self._submitted for p in tracker.pending):
+                return True
+        return False
+
     def _run_sentences(self) -> list[FromWorker]:
-        """One offline forward pass over ended sentences (at most SentenceModels.max_batch, of sessions that share
-        hotwords: SeACo takes one hotword list per call), then each sentence's punctuation, snapshot and report in
-        its session's order; and the end of each closed session with nothing left to decode."""
-        models = self.sentence_models
-        assert models is not None
+        """1. Apply the decodes the second pass finished; 2. run the VAD over new audio; 3. hand the second pass its
+        next batch; 4. end the closed sessions with nothing left."""
+        assert self.second_pass is not None
         out: list[FromWorker] = []
-        batch: list[tuple[HeldSession, PendingSentence]] = []
+        for done in self.second_pass.results():
+            out.extend(self._apply(done))
+        for session_id in list(self.sessions):
+            state = self.sessions.get(session_id)
+            if state is not None and state.sentences is not None:
+                out.extend(self._advance_vad(state))
+        if not self.second_pass.busy:
+            out.extend(self._submit())
+        for session_id in self._in_turn():
+            state = self.sessions[session_id]
+            if self._can_end(state):
+                out.append(self._end_sentences(state))
+        return out
+
+    def _vad_limit(self, state: HeldSession) -> int | None:
+        """How far the VAD can run now: whole frames of what is in, or at close everything up to the end."""
+        assert state.sentences is not None
+        tracker = state.sentences.tracker
+        if tracker.finished:
+            return None
+        closing = state.end_pos is not None and state.ring.write_pos >= state.end_pos
+        limit = state.end_pos if closing and state.end_pos is not None else state.ring.write_pos
+        if tracker.frames_ready(limit, closing) > 0 or closing:
+            return limit
+        return None
+
+    def _advance_vad(self, state: HeldSession) -> list[FromWorker]:
+        assert state.sentences is not None
+        tracker = state.sentences.tracker
+        limit = self._vad_limit(state)
+        if limit is None:
+            return []
+        closing = state.end_pos is not None and limit == state.end_pos and state.ring.write_pos >= state.end_pos
+        try:
+            n = tracker.frames_ready(limit, closing)
+            if n:
+                tracker.feed(self._vad(), pcm_to_float(state.ring.read(tracker.vad_pos, n)))
+            if closing:
+                assert state.end_pos is not None
+                tracker.finish(state.end_pos)
+        except Exception as exc:
+            return [self._fail(state.session_id, exc)]
+        return []
+
+    @staticmethod
+    def _key(state: HeldSession, pending: PendingSentence) -> tuple[str, int, int]:
+        return (state.session_id, state.epoch, pending.audio_start)
+
+    def _submit(self) -> list[FromWorker]:
+        """Hand the second pass the oldest sentences not yet on it: at most SentenceModels.max_batch, of sessions
+        sharing hotwords (SeACo takes one hotword list per call), each session's in order."""
+        models = self.sentence_models
+        assert models is not None and self.second_pass is not None
+        keys: list[tuple[str, int, int]] = []
+        audios: list[np.ndarray] = []
+        failed: list[FromWorker] = []
         hotwords: str | None = None
         for session_id in self._in_turn():
             state = self.sessions[session_id]
-            if state.sentences is None:
+            if state.sentences is None or (hotwords is not None and state.pipeline.hotwords != hotwords):
                 continue
-            tracker = state.sentences.tracker
-            if not tracker.pending and tracker.finished:
-                out.append(self._end_sentences(state))
+            todo = [p for p in state.sentences.tracker.pending if self._key(state, p) not in self._submitted]
+            todo = todo[: models.max_batch - len(keys)]
+            if not todo:
                 continue
-            if hotwords is None and tracker.pending:
-                hotwords = state.pipeline.hotwords
-            if state.pipeline.hotwords == hotwords:
-                batch.extend((state, p) for p in tracker.pending[: models.max_batch - len(batch)])
-            if len(batch) >= models.max_batch:
+            try:
+                audios.extend(pcm_to_float(state.ring.read(p.audio_start, p.audio_end - p.audio_start)) for p in todo)
+            except Exception as exc:  # a ring that vanished or was corrupted fails its own session only
+                del audios[len(keys) :]
+                failed.append(self._fail(state.session_id, exc))
+                continue
+            keys.extend(self._key(state, p) for p in todo)
+            hotwords = state.pipeline.hotwords
+            if len(keys) >= models.max_batch:
                 break
-        if not batch:
-            return out
-        results: list[OfflineResult | None]
-        started = time.perf_counter()
-        try:
-            results = list(models.offline.decode([self._sentence_audio(st, p) for st, p in batch], hotwords or ""))
-        except Exception:
-            if len(batch) == 1:
-                return out + [self._fail(batch[0][0].session_id, sys.exc_info()[1])]
-            # One sentence broke the batch: decode each on its own, so the one that fails again fails alone.
-            log.exception("an offline batch of %d failed; decoding its sentences one by one", len(batch))
-            results = []
-            for state, pending in batch:
-                try:
-                    results.append(models.offline.decode([self._sentence_audio(state, pending)], hotwords or "")[0])
-                except Exception as exc:
-                    results.append(None)
-                    if state.session_id in self.sessions:
-                        out.append(self._fail(state.session_id, exc))
-        offline_s = time.perf_counter() - started
-        for (state, pending), result in zip(batch, results, strict=True):
-            if result is not None and state.session_id in self.sessions:
-                out.extend(self._finish_sentence(state, pending, result, offline_s, len(batch)))
-        return out
+        if keys:
+            self._submitted.update(keys)
+            self.second_pass.submit(Job(tuple(keys), tuple(audios), hotwords or ""))
+        return failed
 
-    @staticmethod
-    def _sentence_audio(state: HeldSession, pending: PendingSentence) -> np.ndarray:
-        return pcm_to_float(state.ring.read(pending.audio_start, pending.audio_end - pending.audio_start))
+    def _apply(self, done: Done) -> list[FromWorker]:
+        """A finished batch: each sentence of a session still held (in the same incarnation) is punctuated,
+        snapshotted, and sent when its stride is out."""
+        out: list[FromWorker] = []
+        for key, result in zip(done.keys, done.results, strict=True):
+            self._submitted.discard(key)
+            state = self.sessions.get(key[0])
+            if state is None or state.epoch != key[1] or state.sentences is None:
+                continue  # aborted, moved or rewound meanwhile: its snapshot still queues the sentence
+            pending = state.sentences.tracker.pending
+            if not pending or pending[0].audio_start != key[2]:  # pragma: no cover - one job at a time, in order
+                out.append(self._fail(state.session_id, RuntimeError("second-pass results out of order")))
+                continue
+            if isinstance(result, BaseException):
+                out.append(self._fail(state.session_id, result))
+                continue
+            out.extend(self._finish_sentence(state, pending[0], result, done.seconds, len(done.keys)))
+        return out
 
     def _finish_sentence(
         self, state: HeldSession, pending: PendingSentence, result: OfflineResult, offline_s: float, batch_size: int
     ) -> list[FromWorker]:
-        """Punctuate a decoded sentence with the session's cache, snapshot, and report it (unless its text is empty:
-        FunASR's server sends nothing for those, and punctuates nothing)."""
+        """Punctuate a decoded sentence with the session's cache and queue it (unless its text is empty: FunASR's
+        server sends nothing for those, and punctuates nothing); snapshot; send what is due."""
         progress = state.sentences
         models = self.sentence_models
-        assert progress is not None and models is not None and progress.tracker.pending[0] == pending
+        assert progress is not None and models is not None
         started = time.perf_counter()
         text = result.text
         try:
@@ -488,27 +549,60 @@ class WorkerCore:
         except Exception as exc:
             return [self._fail(state.session_id, exc)]
         progress.tracker.pending.pop(0)
-        msg: SentenceDone | None = None
         if text:
             offset_ms = pending.audio_start * 1000 // SAMPLE_RATE
-            msg = SentenceDone(
-                state.session_id,
-                progress.sent,
-                text,
-                result.text,
-                tuple(result.tokens),
-                pending.start_ms,
-                pending.end_ms,
-                pending.audio_start,
-                pending.audio_end,
-                tuple((offset_ms + int(a), offset_ms + int(b)) for a, b in result.timestamps),
-                compute_s=offline_s + time.perf_counter() - started,
-                batch_size=batch_size,
+            progress.ready.append(
+                SentenceDone(
+                    state.session_id,
+                    -1,  # numbered when sent
+                    text,
+                    result.text,
+                    tuple(result.tokens),
+                    pending.start_ms,
+                    pending.end_ms,
+                    pending.audio_start,
+                    pending.audio_end,
+                    tuple((offset_ms + int(a), offset_ms + int(b)) for a, b in result.timestamps),
+                    compute_s=offline_s + time.perf_counter() - started,
+                    batch_size=batch_size,
+                )
             )
+        due = self._take_due(state)
+        self._save(state)
+        return list(due)
+
+    def _due(self, state: HeldSession) -> list[FromWorker]:
+        """Send the decoded sentences whose stride is out (snapshot first, as for a stride)."""
+        due = self._take_due(state)
+        if due:
+            self._save(state)
+        return list(due)
+
+    @staticmethod
+    def _take_due(state: HeldSession) -> list[SentenceDone]:
+        """Number and move to `recent` the ready sentences that may go out now: in 2pass, once the partial of the
+        stride they ended in is out (`processed_pos` covers their audio); in offline mode (no partials), at once."""
+        progress = state.sentences
+        assert progress is not None
+        due: list[SentenceDone] = []
+        offline = not state.pipeline.mode.streams
+        while progress.ready and (offline or progress.ready[0].audio_end <= state.processed_pos):
+            msg = replace(progress.ready.pop(0), index=progress.sent)
             progress.sent += 1
             progress.recent.append(msg)
-        self._save(state)
-        return [msg] if msg is not None else []
+            due.append(msg)
+        return due
+
+    def _can_end(self, state: HeldSession) -> bool:
+        progress = state.sentences
+        return (
+            progress is not None
+            and progress.tracker.finished
+            and not progress.tracker.pending
+            and not progress.ready
+            and state.end_pos is not None
+            and state.processed_pos >= state.end_pos
+        )
 
     def _end_sentences(self, state: HeldSession) -> FromWorker:
         """A closed 2pass/offline session whose sentences are all out: its end (the API process joins the text)."""
@@ -532,6 +626,7 @@ class WorkerCore:
             log.error("session %s: snapshot unreadable while rewinding: %s", state.session_id, exc)
             self._drop(state.session_id)
             return
+        state.epoch = self._next_epoch()  # a decode on the second pass now belongs to the discarded state
         if snapshot is None:
             state.cache = self.model.new_cache(state.options)
             if state.sentences is not None:

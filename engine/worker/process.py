@@ -30,6 +30,9 @@ from engine.worker.core import WorkerCore
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0  # with nothing to compute, block this long waiting for a message
+# While only the second pass is busy, wait this long between looks at it: the loop must sleep, not spin, or it would
+# take the core from that (lower-priority) thread.
+SECOND_PASS_POLL_S = 0.005
 
 
 def connect(address: str, authkey: bytes, slot: int, generation: int) -> Connection:
@@ -43,7 +46,7 @@ def serve(conn: Connection, core: WorkerCore, ready: WorkerReady) -> None:
     conn.send(ready)
     while True:
         # 1. Block for a message when no session has a stride ready; when some have, just drain what is there.
-        timeout = 0.0 if core.has_work() else IDLE_POLL_S
+        timeout = 0.0 if core.has_work() else SECOND_PASS_POLL_S if core.waiting() else IDLE_POLL_S
         try:
             while conn.poll(timeout):
                 timeout = 0.0

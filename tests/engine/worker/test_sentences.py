@@ -79,9 +79,11 @@ def streaming(tiny_model_dir: Path) -> Any:
     return StreamingModel.load(str(tiny_model_dir))
 
 
-def make_core(streaming: Any, decoder: HashDecoder | None = None, max_batch: int = 4) -> WorkerCore:
+def make_core(
+    streaming: Any, decoder: HashDecoder | None = None, max_batch: int = 4, threaded: bool = False
+) -> WorkerCore:
     models = SentenceModels(EnergyVad(), decoder or HashDecoder(), CountingPunctuator(), max_batch=max_batch)
-    return WorkerCore(streaming, max_batch=max_batch, sentence_models=models)
+    return WorkerCore(streaming, max_batch=max_batch, sentence_models=models, threaded_second_pass=threaded)
 
 
 def comparable(msg: FromWorker) -> tuple[object, ...]:
@@ -91,6 +93,10 @@ def comparable(msg: FromWorker) -> tuple[object, ...]:
     if isinstance(msg, SentenceDone):
         return ("sentence", msg.index, msg.text, msg.tokens, msg.start_ms, msg.end_ms, msg.audio_start, msg.audio_end)
     return (type(msg).__name__, getattr(msg, "message", ""))
+
+
+def makes_event(msg: FromWorker) -> bool:
+    return not (isinstance(msg, StrideDone) and not msg.tokens and not msg.final)
 
 
 def drive(
@@ -135,10 +141,15 @@ def test_2pass_events_follow_the_audio_alone(streaming: Any, rings: Callable[[],
         "b": (sentences_clip([1.5, 1.1], 2), PipelineOptions(Mode.TWO_PASS, "一 丁")),
         "c": (sentences_clip([0.7, 1.6], 3), PipelineOptions(Mode.OFFLINE)),
     }
-    runs = [drive(make_core(streaming, max_batch=b), clips, rings, seed=s)[0] for b, s in ((1, 1), (4, 2), (16, 3))]
+    runs = [
+        drive(make_core(streaming, max_batch=b, threaded=t), clips, rings, seed=s)[0]
+        for b, s, t in ((1, 1, False), (4, 2, True), (16, 3, False))  # the second pass on its thread, or inline
+    ]
     for sid, (pcm, pipeline) in clips.items():
-        sequences = [[comparable(m) for m in run[sid]] for run in runs]
-        assert sequences[0] == sequences[1] == sequences[2], sid  # however the audio was split and batched
+        # What becomes an event (a stride without tokens makes none) comes in one order however the audio was split
+        # and batched: the event ids do not depend on the load.
+        sequences = [[comparable(m) for m in run[sid] if makes_event(m)] for run in runs]
+        assert sequences[0] == sequences[1] == sequences[2], sid
 
         msgs = runs[0][sid]
         assert isinstance(msgs[-1], StrideDone) and msgs[-1].final
@@ -181,7 +192,8 @@ def test_sentences_of_sessions_sharing_hotwords_share_a_pass(streaming: Any, rin
 
 
 def test_ring_is_held_from_the_sentence_start(streaming: Any, rings: Callable[[], RingWriter]) -> None:
-    pcm = sentences_clip([3.0], 6, pause_s=0.2)[: int(2.8 * 16000)]  # still in speech
+    quiet = np.zeros(4 * 16000, dtype=np.int16)  # longer than the 3 s of pre-roll kept before a start
+    pcm = np.concatenate([quiet, sentences_clip([3.0], 6, pause_s=0.2)[: int(2.8 * 16000)]])  # still in speech
     core = make_core(streaming)
     ring = rings()
     core.open(OpenSession("s", ring.name, StreamOptions(), PipelineOptions(Mode.TWO_PASS)))
@@ -190,7 +202,7 @@ def test_ring_is_held_from_the_sentence_start(streaming: Any, rings: Callable[[]
         core.run_batch()
     tracker = core.sessions["s"].sentences.tracker  # type: ignore[union-attr]
     assert tracker.speech_start is not None
-    assert ring.read_pos == tracker.hold() <= tracker.speech_start < core.sessions["s"].processed_pos
+    assert 0 < ring.read_pos <= tracker.speech_start < core.sessions["s"].processed_pos
     core.drop_all()
 
 
@@ -224,8 +236,5 @@ def test_restore_mid_sentence_gives_the_same_messages(
     )
     while replacement.has_work():
         out += replacement.run_batch()
-    resumed = heard["s"] + [m for m in out if not (isinstance(m, StrideDone) and not m.tokens and not m.final)]
-    expected = [m for m in whole["s"] if not (isinstance(m, StrideDone) and not m.tokens and not m.final)]
-    assert [comparable(m) for m in resumed if not (isinstance(m, StrideDone) and not m.tokens and not m.final)] == [
-        comparable(m) for m in expected
-    ]
+    resumed = [comparable(m) for m in heard["s"] + out if makes_event(m)]
+    assert resumed == [comparable(m) for m in whole["s"] if makes_event(m)]
