@@ -32,9 +32,10 @@ the most strides behind is reported). Each condition
 alone is reported too.
 
 Interleaving (`--interleave`): one Parastream 2pass service; K `online` sessions stream speech-like audio alone,
-then the same K again beside M `2pass` sessions whose sentences are long (10-15 s). Parastream's worker alternates
-one batch of strides with one batch of offline decodes, so a long decode delays the strides of the sessions on the
-same worker: the online sessions' partial p50/p95/max, split by whether they shared a worker with a 2pass session.
+then the same K again beside M `2pass` sessions whose sentences are long (10-15 s). Parastream's worker decodes
+sentences on a low-priority thread beside its strides (engine/worker/second_pass.py), so what a long decode costs the
+strides of the sessions on the same worker is what this measures: the online sessions' partial p50/p95/max, split by
+whether they shared a worker with a 2pass session.
 
 Random weights: transcripts are gibberish. The sentence texts are only compared between sessions and systems
 (the same clip must give the same sentences), never scored.
@@ -536,8 +537,9 @@ def markdown(r: dict[str, Any]) -> str:
             f"`2pass` sessions whose sentences are {', '.join(f'{x:g}' for x in il['two_pass_sentence_seconds'])} s "
             "long (decoded sentence audio ms: "
             f"{', '.join(str(x) for x in ph['beside_2pass']['two_pass_sentence_audio_ms'])}). "
-            "The worker runs one batch of strides, then one batch of offline decodes, so a stride that becomes due "
-            "during a decode waits for it. ms as p50 / p95 / max.",
+            "The worker runs offline decodes on a nice-19 second-pass thread beside its strides (strides go first); "
+            "before commit 35dff7f it ran one batch of strides, then one batch of offline decodes, so a stride that "
+            "became due during a decode waited for it. ms as p50 / p95 / max.",
             "",
             "| phase | online partials, all | sharing a worker with a 2pass session | on other workers | "
             "2pass partials | 2pass sentences | offline batch / ms | errors |",
