@@ -151,6 +151,7 @@ class WorkerCore:
         max_batch: int = 1,
         sentence_models: SentenceModels | None = None,
         threaded_second_pass: bool = True,
+        second_pass_cpus: tuple[int, ...] = (),
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -158,7 +159,9 @@ class WorkerCore:
         self.max_batch = max_batch
         self.sentence_models = sentence_models
         self.second_pass = (
-            SecondPass(sentence_models.offline, threaded_second_pass) if sentence_models is not None else None
+            SecondPass(sentence_models.offline, threaded_second_pass, second_pass_cpus)
+            if sentence_models is not None
+            else None
         )
         self._submitted: set[tuple[str, int, int]] = set()  # (session, epoch, audio_start) on the second pass
         self._epochs = 0

@@ -215,6 +215,7 @@ def _worker_child(config: HostConfig, models: tuple[object, object], msg: SpawnW
     fail_file = os.environ.get("PARASTREAM_TEST_FAIL_BOOT_FILE")
     if fail_file and os.path.exists(fail_file):
         raise RuntimeError(f"injected boot failure ({fail_file} exists)")
+    service_cpus = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
     if msg.cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(msg.cpus))
     torch.set_num_threads(config.worker_threads)
@@ -223,5 +224,6 @@ def _worker_child(config: HostConfig, models: tuple[object, object], msg: SpawnW
         model.to(msg.device)  # type: ignore[attr-defined]
         if sentence_models is not None:
             sentence_models.to(msg.device)  # type: ignore[attr-defined]
-    core = WorkerCore(model, config.max_batch, sentence_models)  # type: ignore[arg-type]
+    # The second pass may use every core of the service (engine/worker/second_pass.py says why).
+    core = WorkerCore(model, config.max_batch, sentence_models, second_pass_cpus=service_cpus)  # type: ignore[arg-type]
     run_worker(core, config.address, config.authkey, msg.slot, msg.generation, msg.device, msg.cpus)

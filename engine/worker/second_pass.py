@@ -1,11 +1,19 @@
 """The offline model's forward passes, on a thread of the worker that yields the core to the streaming model.
 
-Why a thread, and why at the lowest priority: a large offline decode takes as long as several strides (a 5 s sentence
-on large-random: ~0.7 s; a 15 s one: ~1.8 s), and one forward pass cannot be interrupted. Run in the worker's loop, it
-holds every other session's partials for that long (measured: benchmarks/results/bench-2pass-large-random.md,
-"Interleaving"). On its own thread with nice 19, the kernel runs it only when the loop (nice 0) has nothing to do or
-waits for audio: strides go first, sentences take the rest of the core. torch releases the GIL inside its operators,
-so the two threads interleave; the thread holds the GIL at most one switch interval (5 ms) at a time.
+Why a thread, at a lower priority, on any core: a large offline decode takes as long as several strides (a 5 s
+sentence on large-random: ~0.7 s; a 15 s one: ~1.8 s), and one forward pass cannot be interrupted. Run in the worker's
+loop, it held every stride of that worker for that long (measured: docs/pipeline.md). On its own thread:
+- at nice PRIORITY (5: a weight of 335 against the loop's 1024), the kernel gives a core mostly to the strides of a
+  worker's loop (nice 0), and to the decode when they leave it time. Measured on large-random, 2 cores, at 1 and 2
+  streams (one run each, noisy): at nice 19 the decodes starved behind the loops, the API process and the load
+  generator, and so did a session whose next stride waits for its sentence (sentence p95 1.75 / 2.05 s); at nice 0
+  strides lost their head start (partial p95 404 / 814 ms); nice 5 gave 235 / 414 ms partials and 0.94 / 1.56 s
+  sentences, nice 10 297 / 701 ms and 1.43 / 1.88 s.
+- on every core the service may use, not only its worker's: a decode then runs on whichever core is idle (a lone
+  stream's sentence is decoded on the other core while its worker goes on striding), and yields it to that core's
+  own worker when it has strides.
+torch releases the GIL inside its operators, so the thread and the loop interleave; the thread holds the GIL at most
+one switch interval (5 ms) at a time.
 
 The thread touches only what it is given: the sentences' audio (copied out of the rings by the loop), the hotwords,
 and the offline model, which nothing else uses. The loop applies results (punctuation, snapshot, report) itself, so
@@ -26,7 +34,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-LOWEST_PRIORITY = 19  # nice value of the thread (Linux sets nice per thread, by its thread id)
+PRIORITY = 5  # nice value of the thread (Linux sets nice per thread, by its thread id): see the module docstring
 
 
 class OfflineResult(Protocol):
@@ -67,9 +75,10 @@ class Done:
 class SecondPass:
     """One job at a time on a daemon thread; `threaded=False` runs each job at once in the caller (tests)."""
 
-    def __init__(self, decoder: OfflineDecoder, threaded: bool = True) -> None:
+    def __init__(self, decoder: OfflineDecoder, threaded: bool = True, cpus: tuple[int, ...] = ()) -> None:
         self.decoder = decoder
         self.threaded = threaded
+        self.cpus = cpus  # the cores the thread may run on (empty: its worker's)
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[Done] = queue.SimpleQueue()
         self._in_flight = 0
@@ -109,9 +118,11 @@ class SecondPass:
 
     def _serve(self) -> None:
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
-        except (AttributeError, OSError, PermissionError):  # pragma: no cover - not Linux
-            log.warning("could not lower the second pass's priority: sentences compete with strides")
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PRIORITY)
+            if self.cpus:
+                os.sched_setaffinity(0, self.cpus)  # 0: this thread
+        except (AttributeError, OSError):  # pragma: no cover - not Linux
+            log.warning("could not set the second pass's priority or cores: sentences compete with strides")
         while (job := self._jobs.get()) is not None:
             self._done.put(self._run(job))
 
