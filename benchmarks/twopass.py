@@ -537,7 +537,7 @@ def markdown(r: dict[str, Any]) -> str:
             f"`2pass` sessions whose sentences are {', '.join(f'{x:g}' for x in il['two_pass_sentence_seconds'])} s "
             "long (decoded sentence audio ms: "
             f"{', '.join(str(x) for x in ph['beside_2pass']['two_pass_sentence_audio_ms'])}). "
-            "The worker runs offline decodes on a nice-19 second-pass thread beside its strides (strides go first); "
+            "The worker runs offline decodes on a second-pass thread at nice 5, on any core, beside its strides (strides go first); "
             "before commit 35dff7f it ran one batch of strides, then one batch of offline decodes, so a stride that "
             "became due during a decode waited for it. ms as p50 / p95 / max.",
             "",
