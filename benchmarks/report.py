@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +22,30 @@ def versions() -> dict[str, str | None]:
     return {"python": platform.python_version(), **package_versions(PACKAGES)}
 
 
-def write(result: dict[str, Any], out_dir: Path, name: str) -> list[Path]:
+def write(
+    result: dict[str, Any],
+    out_dir: Path,
+    name: str,
+    render: Callable[[dict[str, Any]], str] | None = None,
+    draw: Callable[[dict[str, Any], Path], None] | None = None,
+    note: str = HONESTY,
+) -> list[Path]:
+    """`name`.json, .md and .png in `out_dir`, with the run's conditions; `render`/`draw`/`note` (default: this
+    module's markdown, plot and honesty note) make those of another benchmark's result."""
     result = {
         "name": name,
         "date": now_utc(),
         "commit": git_commit(),
         "machine": machine(),
         "versions": versions(),
-        "note": HONESTY,
+        "note": note,
         **result,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.json", out_dir / f"{name}.md", out_dir / f"{name}.png"]
     paths[0].write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    paths[1].write_text(markdown(result))
-    plot(result, paths[2])
+    paths[1].write_text((render or markdown)(result))
+    (draw or plot)(result, paths[2])
     return paths
 
 

@@ -14,8 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 _WANTED = ("parastream_stride_batch_size", "parastream_stride_compute_seconds", "parastream_stride_snapshot_seconds")
 
 
-def scrape(base_url: str) -> dict[str, float] | None:
-    """Sums, counts and batch-size buckets of the stride histograms, or None if the server has no /metrics."""
+def scrape(base_url: str, wanted: tuple[str, ...] = _WANTED) -> dict[str, float] | None:
+    """Sums and counts of the `wanted` histograms (the stride ones by default) and the stride batch-size buckets, or
+    None if the server has no /metrics."""
     try:
         response = httpx.get(f"{base_url}/metrics", timeout=5)
     except httpx.HTTPError:
@@ -24,7 +25,7 @@ def scrape(base_url: str) -> dict[str, float] | None:
         return None
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(response.text):
-        if family.name not in _WANTED:
+        if family.name not in wanted:
             continue
         for sample in family.samples:
             if sample.name.endswith(("_sum", "_count")):

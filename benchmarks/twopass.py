@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
-import json
 import logging
 import sys
 import time
@@ -55,16 +54,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.client import ParastreamClient
+from benchmarks import report
 from benchmarks.audio import synth_sentences, synth_speechlike
-from benchmarks.common import RESULTS, git_commit, machine, now_utc, percentile, resolve_model, usable_cores
+from benchmarks.common import RESULTS, percentile, resolve_model, usable_cores
 from benchmarks.loadgen import FRAME_MS, StreamResult, run_stream
-from benchmarks.report import versions
 from benchmarks.resources import ResourceSampler
+from benchmarks.server_metrics import scrape
 from benchmarks.systems import RunningSystem, SystemSpec
 
 log = logging.getLogger(__name__)
@@ -252,22 +250,9 @@ def summarize(n: int, results: list[StreamResult], clip_of: list[int]) -> dict[s
 
 
 def scrape_sentences(base_url: str) -> dict[str, float] | None:
-    """Parastream's sentence counters (offline forward passes: count, seconds, batch sizes), or None."""
-    try:
-        response = httpx.get(f"{base_url}/metrics", timeout=5)
-    except httpx.HTTPError:
-        return None
-    if response.status_code != 200:
-        return None
-    wanted = ("parastream_sentence_compute_seconds", "parastream_sentence_batch_size",
-              "parastream_stride_compute_seconds", "parastream_stride_batch_size")
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(response.text):
-        if family.name in wanted:
-            for sample in family.samples:
-                if sample.name.endswith(("_sum", "_count")):
-                    values[sample.name] = sample.value
-    return values
+    """Parastream's stride and sentence counters (forward passes: count, seconds, batch sizes), or None."""
+    return scrape(base_url, ("parastream_sentence_compute_seconds", "parastream_sentence_batch_size",
+                             "parastream_stride_compute_seconds", "parastream_stride_batch_size"))
 
 
 def server_delta(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, Any] | None:
@@ -437,14 +422,7 @@ def run(config: TwoPassConfig) -> dict[str, Any]:
 
 
 def write(result: dict[str, Any], out_dir: Path, name: str) -> list[Path]:
-    result = {"name": name, "date": now_utc(), "commit": git_commit(), "machine": machine(), "versions": versions(),
-              "note": HONESTY, **result}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.json", out_dir / f"{name}.md", out_dir / f"{name}.png"]
-    paths[0].write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    paths[1].write_text(markdown(result))
-    plot(result, paths[2])
-    return paths
+    return report.write(result, out_dir, name, markdown, plot, HONESTY)
 
 
 def _f(v: Any) -> str:

@@ -34,21 +34,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import secrets
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse
 
-from benchmarks.baselines.funasr_server import GENERATE_OPTS, Event, error, stream
+from benchmarks.baselines.funasr_server import GENERATE_OPTS, BaseSession, build_app, error
 from benchmarks.funasr_2pass_loop import _KEEP_FRAMES, FRAME_BYTES, FRAME_MS, _load_bytes_values, _read_vad
 
 SAMPLE_BYTES = 2
@@ -74,29 +69,10 @@ class TwoPassState:
 
 
 @dataclass
-class Session:
-    id: str
+class Session(BaseSession):
     hotwords: str = ""
-    pending: bytearray = field(default_factory=bytearray)
-    received: int = 0
-    processed: int = 0
-    closed: bool = False
     state: TwoPassState = field(default_factory=TwoPassState)
     sentences: list[dict[str, Any]] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    queue: asyncio.Queue[tuple[bytes, bool]] = field(default_factory=asyncio.Queue)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-
-    @property
-    def ended(self) -> bool:
-        return bool(self.events) and self.events[-1].type in ("final", "error")
-
-    def emit(self, type_: str, data: dict[str, Any], numbered: bool = True) -> None:
-        ids = sum(1 for e in self.events if e.id is not None)
-        self.events.append(Event(ids + 1 if numbered else None, type_, data))
-        self.changed.set()
-        self.changed = asyncio.Event()
 
 
 class TwoPassBaseline:
@@ -109,9 +85,26 @@ class TwoPassBaseline:
         self.generate_errors = 0
         self.created = 0
 
+    title = "baseline (FunASR 2pass server design)"
+
     @property
     def ready(self) -> bool:
         return len(self.models) == 4
+
+    def new_session(self, options: dict[str, Any]) -> BaseSession | JSONResponse:
+        if options.get("mode", "2pass") != "2pass":
+            return error(422, "invalid_options", "this baseline serves mode 2pass only")
+        return Session(secrets.token_hex(16), hotwords=str(options.get("hotwords") or ""))
+
+    def queue_audio(self, s: Session, last: bool) -> None:
+        """Each whole 60 ms frame goes at once, as the client's message would; at close the shorter last frame
+        (maybe empty), then the end."""
+        while len(s.pending) >= FRAME_BYTES:
+            s.queue.put_nowait((bytes(s.pending[:FRAME_BYTES]), False))
+            del s.pending[:FRAME_BYTES]
+        if last:
+            s.queue.put_nowait((bytes(s.pending), True))
+            s.pending.clear()
 
     def load(self) -> None:
         from engine.model.loading import load_automodel  # torch + funasr: after /healthz answers
@@ -230,92 +223,6 @@ class TwoPassBaseline:
                 self.generate_errors += 1
                 s.emit("error", {"code": "inference_failed", "message": f"{type(exc).__name__}: {exc}"[:500]})
                 return
-
-
-def build_app(b: TwoPassBaseline) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(asyncio.to_thread(b.load))
-        yield
-        loading.cancel()
-        for s in b.sessions.values():
-            if s.task is not None:
-                s.task.cancel()
-        b.pool.shutdown(wait=True, cancel_futures=True)
-
-    app = FastAPI(title="baseline (FunASR 2pass server design)", lifespan=lifespan)
-
-    def lookup(session_id: str) -> Session | JSONResponse:
-        s = b.sessions.get(session_id)
-        return s if s is not None else error(404, "session_not_found", f"no session {session_id}")
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> Any:
-        return {"status": "ready"} if b.ready else error(503, "not_ready", "models loading")
-
-    @app.get("/stats")
-    async def stats() -> dict[str, int]:
-        return {"generate_errors": b.generate_errors, "sessions": b.created}
-
-    @app.post("/v1/sessions", status_code=201)
-    async def create_session(request: Request) -> Any:
-        if not b.ready:
-            return error(503, "not_ready", "models loading")
-        raw = await request.body()
-        try:
-            options = json.loads(raw) if raw else {}
-        except ValueError:
-            return error(422, "invalid_request", "body is not JSON")
-        if not isinstance(options, dict) or options.get("sample_rate", 16000) != 16000:
-            return error(422, "invalid_options", "only sample_rate 16000 is supported")
-        if options.get("mode", "2pass") != "2pass":
-            return error(422, "invalid_options", "this baseline serves mode 2pass only")
-        s = Session(secrets.token_hex(16), hotwords=str(options.get("hotwords") or ""))
-        s.task = asyncio.create_task(b.run_session(s))
-        b.sessions[s.id] = s
-        b.created += 1
-        return JSONResponse({"id": s.id, "worker": 0}, status_code=201)
-
-    @app.post("/v1/sessions/{session_id}/audio")
-    async def append(session_id: str, request: Request) -> Any:
-        s = lookup(session_id)
-        if isinstance(s, JSONResponse):
-            return s
-        if s.closed or s.ended:
-            return error(409, "session_not_open", "the session was closed or failed")
-        body = await request.body()
-        if not body or len(body) % 2:
-            return error(400, "invalid_audio", "body must be a whole number (>= 1) of int16 samples")
-        s.pending += body
-        s.received += len(body) // 2
-        while len(s.pending) >= FRAME_BYTES:  # each whole 60 ms frame goes at once, as the client's message would
-            s.queue.put_nowait((bytes(s.pending[:FRAME_BYTES]), False))
-            del s.pending[:FRAME_BYTES]
-        return {"id": s.id, "samples_received": s.received}
-
-    @app.post("/v1/sessions/{session_id}/close")
-    async def close(session_id: str) -> Any:
-        s = lookup(session_id)
-        if isinstance(s, JSONResponse):
-            return s
-        if s.ended and s.events[-1].type == "error":
-            return error(409, "session_not_open", "the session failed")
-        if not s.closed:
-            s.closed = True
-            s.queue.put_nowait((bytes(s.pending), True))  # the shorter last frame (maybe empty), then the end
-            s.pending.clear()
-        return {"id": s.id, "samples_received": s.received}
-
-    @app.get("/v1/sessions/{session_id}/events")
-    async def events(session_id: str, progress: bool = False) -> Any:
-        s = lookup(session_id)
-        return s if isinstance(s, JSONResponse) else EventSourceResponse(stream(s, progress))  # type: ignore[arg-type]
-
-    return app
 
 
 def main(argv: list[str] | None = None) -> None:

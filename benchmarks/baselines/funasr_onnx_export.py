@@ -57,7 +57,7 @@ def export(model_dir: Path) -> Path:
         return out
     import torch
 
-    from engine.model.adapter import load_automodel
+    from engine.model.loading import load_automodel
 
     started = time.perf_counter()
     automodel = load_automodel(str(model_dir), ncpu=len(os.sched_getaffinity(0)))

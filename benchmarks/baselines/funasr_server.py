@@ -27,11 +27,11 @@ import asyncio
 import json
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import uvicorn
@@ -54,18 +54,16 @@ class Event:
 
 
 @dataclass
-class Session:
+class BaseSession:
+    """What every baseline's session has: the HTTP side (build_app) and the event log its SSE stream reads."""
+
     id: str
-    pending: bytearray = field(default_factory=bytearray)  # int16 bytes not yet a full stride
+    pending: bytearray = field(default_factory=bytearray)  # int16 bytes not yet queued (a whole stride or frame)
     received: int = 0
     processed: int = 0
     closed: bool = False
-    cache: dict[str, Any] = field(default_factory=dict)  # this session's own FunASR cache
-    stream: Any = None  # per-stream state a runtime keeps outside `cache` (funasr_onnx_server: its frontend)
-    texts: list[str] = field(default_factory=list)
-    tokens: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    queue: asyncio.Queue[tuple[np.ndarray, bool]] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[tuple[Any, bool]] = field(default_factory=asyncio.Queue)  # (audio, is the last)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -80,6 +78,14 @@ class Session:
         self.changed = asyncio.Event()
 
 
+@dataclass
+class Session(BaseSession):
+    cache: dict[str, Any] = field(default_factory=dict)  # this session's own FunASR cache
+    stream: Any = None  # per-stream state a runtime keeps outside `cache` (funasr_onnx_server: its frontend)
+    texts: list[str] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+
+
 def pcm_to_float(pcm: bytes | bytearray) -> np.ndarray:
     # int16 -> float32 in [-1, 1): the scaling soundfile gives FunASR's demo (and tests.audio.to_float32).
     return np.frombuffer(bytes(pcm), dtype="<i2").astype(np.float32) / np.float32(32768.0)
@@ -87,6 +93,31 @@ def pcm_to_float(pcm: bytes | bytearray) -> np.ndarray:
 
 def error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+class Server(Protocol):
+    """What build_app needs of a baseline."""
+
+    sessions: Any  # dict of session id to a BaseSession
+    generate_errors: int
+    created: int
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def pool(self) -> ThreadPoolExecutor | None: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    def load(self) -> None: ...
+
+    def new_session(self, options: dict[str, Any]) -> BaseSession | JSONResponse: ...
+
+    def run_session(self, session: Any) -> Coroutine[Any, Any, None]: ...
+
+    def queue_audio(self, session: Any, last: bool) -> None: ...
 
 
 class Baseline:
@@ -100,12 +131,29 @@ class Baseline:
         self.created = 0
 
     @property
+    def title(self) -> str:
+        return f"baseline ({self.mode})"
+
+    @property
     def ready(self) -> bool:
         return self.automodel is not None
 
+    def new_session(self, options: dict[str, Any]) -> BaseSession | JSONResponse:
+        return Session(secrets.token_hex(16))
+
+    def queue_audio(self, s: Session, last: bool) -> None:
+        """Every full stride is queued non-final at once, in order; the remainder waits for more audio, or, at close,
+        is the one final generate() on the 0..9599 leftover samples, after any queued strides: FunASR's loop."""
+        while len(s.pending) >= 2 * STRIDE_SAMPLES:
+            s.queue.put_nowait((pcm_to_float(s.pending[: 2 * STRIDE_SAMPLES]), False))
+            del s.pending[: 2 * STRIDE_SAMPLES]
+        if last:
+            s.queue.put_nowait((pcm_to_float(s.pending), True))
+            s.pending.clear()
+
     def load(self) -> None:
         # Imported here (torch + funasr take ~7.5 s) so /healthz answers while the model loads.
-        from engine.model.adapter import load_automodel
+        from engine.model.loading import load_automodel
 
         self.automodel = load_automodel(self.model_dir, ncpu=self.ncpu)  # dither 0: comparable with the reference
 
@@ -145,7 +193,7 @@ class Baseline:
                 return
 
 
-async def stream(s: Session, progress: bool) -> AsyncIterator[ServerSentEvent]:
+async def stream(s: BaseSession, progress: bool) -> AsyncIterator[ServerSentEvent]:
     index = 0
     while True:
         while index < len(s.events):
@@ -160,7 +208,9 @@ async def stream(s: Session, progress: bool) -> AsyncIterator[ServerSentEvent]:
         await s.changed.wait()  # no await between the check above and here: no event can slip by
 
 
-def build_app(b: Baseline) -> FastAPI:
+def build_app(b: Server) -> FastAPI:
+    """The HTTP/SSE contract of docs/api.md (sessions, appends, close, events, readiness) over any baseline."""
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(asyncio.to_thread(b.load))
@@ -172,10 +222,10 @@ def build_app(b: Baseline) -> FastAPI:
         if b.pool is not None:
             b.pool.shutdown(wait=True, cancel_futures=True)
 
-    app = FastAPI(title=f"baseline ({b.mode})", lifespan=lifespan)
+    app = FastAPI(title=b.title, lifespan=lifespan)
 
-    def lookup(session_id: str) -> Session | JSONResponse:
-        s = b.sessions.get(session_id)
+    def lookup(session_id: str) -> BaseSession | JSONResponse:
+        s: BaseSession | None = b.sessions.get(session_id)
         return s if s is not None else error(404, "session_not_found", f"no session {session_id}")
 
     @app.get("/healthz")
@@ -201,7 +251,9 @@ def build_app(b: Baseline) -> FastAPI:
             return error(422, "invalid_request", "body is not JSON")
         if not isinstance(options, dict) or options.get("sample_rate", 16000) != 16000:
             return error(422, "invalid_options", "only sample_rate 16000 is supported")
-        s = Session(secrets.token_hex(16))
+        s = b.new_session(options)
+        if isinstance(s, JSONResponse):
+            return s
         s.task = asyncio.create_task(b.run_session(s))
         b.sessions[s.id] = s
         b.created += 1
@@ -219,10 +271,7 @@ def build_app(b: Baseline) -> FastAPI:
             return error(400, "invalid_audio", "body must be a whole number (>= 1) of int16 samples")
         s.pending += body
         s.received += len(body) // 2
-        # Every full stride is queued non-final at once, in order; the remainder waits for more audio or close.
-        while len(s.pending) >= 2 * STRIDE_SAMPLES:
-            s.queue.put_nowait((pcm_to_float(s.pending[: 2 * STRIDE_SAMPLES]), False))
-            del s.pending[: 2 * STRIDE_SAMPLES]
+        b.queue_audio(s, last=False)
         return {"id": s.id, "samples_received": s.received}
 
     @app.post("/v1/sessions/{session_id}/close")
@@ -233,10 +282,8 @@ def build_app(b: Baseline) -> FastAPI:
         if s.ended and s.events[-1].type == "error":
             return error(409, "session_not_open", "the session failed")
         if not s.closed:  # closing twice is harmless
-            # One final generate() on the 0..9599 leftover samples, after any queued strides: exactly FunASR's loop.
             s.closed = True
-            s.queue.put_nowait((pcm_to_float(s.pending), True))
-            s.pending.clear()
+            b.queue_audio(s, last=True)
         return {"id": s.id, "samples_received": s.received}
 
     @app.get("/v1/sessions/{session_id}/events")
