@@ -71,7 +71,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.model.factory import (
+from engine.model.model_dir import (
     FEAT_DIM,
     LFR_M,
     LFR_N,

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from engine.model import factory as model_factory
+from engine.model import model_dir
 from engine.training import synth
 from engine.training.dataset import ClipSet
 
@@ -86,8 +87,8 @@ def streaming_loss(model: Any, feats: torch.Tensor, lens: torch.Tensor, ys: torc
 
 def cmvn_of(clips: ClipSet) -> tuple[np.ndarray, np.ndarray]:
     """(shift, rescale) = (-mean, 1/std) over every frame of ``clips``."""
-    total = np.zeros(model_factory.FEAT_DIM, np.float64)
-    squares = np.zeros(model_factory.FEAT_DIM, np.float64)
+    total = np.zeros(model_dir.FEAT_DIM, np.float64)
+    squares = np.zeros(model_dir.FEAT_DIM, np.float64)
     frames = 0
     for f in clips.feats:
         f64 = f.astype(np.float64)
@@ -117,7 +118,7 @@ def batches(clips: ClipSet, max_frames: int, rng: np.random.Generator) -> list[l
 
 def collate(clips: ClipSet, idx: list[int], shift: np.ndarray, rescale: np.ndarray) -> tuple[torch.Tensor, ...]:
     lens = [len(clips.feats[i]) for i in idx]
-    feats = np.zeros((len(idx), max(lens), model_factory.FEAT_DIM), np.float32)
+    feats = np.zeros((len(idx), max(lens), model_dir.FEAT_DIM), np.float32)
     for row, i in enumerate(idx):
         feats[row, : lens[row]] = (clips.feats[i].astype(np.float32) + shift) * rescale
     labels = [[TOKEN_ID[ch] for ch in clips.specs[i].text] for i in idx]
@@ -139,7 +140,7 @@ def train(clips: ClipSet, out_dir: Path, cfg: TrainConfig, log: Any = print) -> 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     conf = digits_config()
-    model = model_factory.instantiate(conf, len(TOKENS), cfg.seed)
+    model = model_dir.instantiate(conf, len(TOKENS), cfg.seed)
     model.train()
     shift, rescale = cmvn_of(clips)
     plan = [batches(clips, cfg.max_frames, rng) for _ in range(cfg.epochs)]
@@ -179,10 +180,10 @@ def train(clips: ClipSet, out_dir: Path, cfg: TrainConfig, log: Any = print) -> 
 
 def write_model_dir(out_dir: Path, conf: dict[str, Any], model: Any, shift: np.ndarray, rescale: np.ndarray) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_factory.write_config(out_dir / "config.yaml", copy.deepcopy(conf))
-    model_factory.write_tokens(out_dir / "tokens.json", TOKENS)
-    model_factory.write_am_mvn(out_dir / "am.mvn", shift, rescale)
-    model_factory.save_weights(out_dir / "model.pt", model)
+    model_dir.write_config(out_dir / "config.yaml", copy.deepcopy(conf))
+    model_dir.write_tokens(out_dir / "tokens.json", TOKENS)
+    model_dir.write_am_mvn(out_dir / "am.mvn", shift, rescale)
+    model_dir.save_weights(out_dir / "model.pt", model)
 
 
 def streaming_cer(model_dir: Path, clips: list[tuple[str, np.ndarray]], threads: int = 2) -> tuple[float, list[str]]:

@@ -77,11 +77,11 @@ def test_the_chunk_config_reaches_the_encoder_with_the_stream_start_zero_frames(
     inference puts chunk_size[0] + chunk_size[2] zero frames before the first chunk, after the position encoding."""
     import torch
 
-    from engine.model import factory as model_factory
+    from engine.model import model_dir
     from engine.training import train
 
     clips = _tiny_set(tmp_path, 4)
-    model = model_factory.instantiate(train.digits_config(), len(train.TOKENS), 0)
+    model = model_dir.instantiate(train.digits_config(), len(train.TOKENS), 0)
     model.train()
     shift, rescale = train.cmvn_of(clips)
     batch = train.collate(clips, [0, 1, 2, 3], shift, rescale)
