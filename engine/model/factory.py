@@ -40,6 +40,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from engine.model.factory_2pass import (
+    KINDS_2PASS,
+    OFFLINE_KINDS,
+    PUNC_KINDS,
+    build_2pass,
+    config_2pass,
+    model_files_2pass,
+    offline_tokens,
+    punc_tokens,
+)
 from engine.model.model_dir import (
     LFR_M,
     LFR_N,
@@ -51,17 +61,9 @@ from engine.model.model_dir import (
     write_tokens,
 )
 
-# The streaming Paraformers built here, then the 2pass pipeline's other models (engine/model/factory_2pass.py,
-# which lists the same five names as KINDS_2PASS).
+# The streaming Paraformers built here, then the 2pass pipeline's other models (engine/model/factory_2pass.py).
 STREAMING_KINDS: tuple[str, ...] = ("tiny-random", "large-random")
-KINDS: tuple[str, ...] = (
-    *STREAMING_KINDS,
-    "vad",
-    "offline-tiny-random",
-    "offline-large-random",
-    "punc-tiny-random",
-    "punc-large-random",
-)
+KINDS: tuple[str, ...] = (*STREAMING_KINDS, *KINDS_2PASS)
 
 # Files that make a streaming-model directory complete (model_files(kind) for every kind). ``ensure_model``
 # renames a fully written temp dir into place, so an existing final directory normally has all of them; the
@@ -149,8 +151,6 @@ def model_files(kind: str) -> tuple[str, ...]:
     _check_kind(kind)
     if kind in STREAMING_KINDS:
         return MODEL_FILES
-    from engine.model.factory_2pass import model_files_2pass
-
     return model_files_2pass(kind)
 
 
@@ -158,8 +158,6 @@ def model_config(kind: str) -> dict[str, Any]:
     """The ``config.yaml`` contents for ``kind`` (a fresh dict each call)."""
     _check_kind(kind)
     if kind not in STREAMING_KINDS:
-        from engine.model.factory_2pass import config_2pass
-
         return config_2pass(kind)
     conf = copy.deepcopy(_LARGE_CONFIG)
     if kind == "tiny-random":
@@ -173,12 +171,10 @@ def token_list(kind: str) -> list[str]:
     """``<blank>``=0, ``<s>``=1, ``</s>``=2, single CJK characters, ``<unk>`` last (the real layout)."""
     _check_kind(kind)
     if kind not in STREAMING_KINDS:
-        from engine.model import factory_2pass
-
-        if kind in factory_2pass.OFFLINE_KINDS:
-            return factory_2pass.offline_tokens(kind)
-        if kind in factory_2pass.PUNC_KINDS:
-            return factory_2pass.punc_tokens(kind)
+        if kind in OFFLINE_KINDS:
+            return offline_tokens(kind)
+        if kind in PUNC_KINDS:
+            return punc_tokens(kind)
         raise ValueError(f"model kind {kind!r} has no tokens")
     n_chars = _VOCAB_SIZES[kind] - 4
     return ["<blank>", "<s>", "</s>"] + [chr(0x4E00 + i) for i in range(n_chars)] + ["<unk>"]
@@ -194,8 +190,6 @@ def build_random_model(kind: str, out_dir: Path, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if kind not in STREAMING_KINDS:
-        from engine.model.factory_2pass import build_2pass
-
         build_2pass(kind, out_dir, seed)
         return out_dir
     conf = model_config(kind)
