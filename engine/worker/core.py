@@ -43,14 +43,17 @@ from engine.messages import (
     StrideDone,
 )
 from engine.ring import RingReader
-from engine.units import SAMPLE_RATE
+from engine.units import SAMPLE_RATE, VAD_FRAME_SAMPLES
 from engine.worker.second_pass import Done, Job, OfflineDecoder, OfflineResult, SecondPass
 from engine.worker.sentences import PendingSentence, SentenceTracker, Vad
 from engine.worker.snapshot import SnapshotStore
 
 log = logging.getLogger(__name__)
 
-PCM_SCALE = 1.0 / 32768.0  # int16 -> float32 in [-1, 1), the scale soundfile gives FunASR's own demo
+PCM_SCALE = 1.0 / 32768.0
+# The VAD takes at most this much of one session's audio per turn of the loop (one default stride, ~30 ms of work), so
+# a client that appends 20 s at once does not hold the other sessions' strides for a second.
+VAD_SAMPLES_PER_TURN = 10 * VAD_FRAME_SAMPLES  # int16 -> float32 in [-1, 1), the scale soundfile gives FunASR's own demo
 
 
 class StreamModel(Protocol):
@@ -471,10 +474,11 @@ class WorkerCore:
             return []
         closing = state.end_pos is not None and limit == state.end_pos and state.ring.write_pos >= state.end_pos
         try:
-            n = tracker.frames_ready(limit, closing)
+            ready = tracker.frames_ready(limit, closing)
+            n = min(ready, VAD_SAMPLES_PER_TURN)
             if n:
                 tracker.feed(self._vad(), pcm_to_float(state.ring.read(tracker.vad_pos, n)))
-            if closing:
+            if closing and n == ready:
                 assert state.end_pos is not None
                 tracker.finish(state.end_pos)
         except Exception as exc:
