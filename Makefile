@@ -11,13 +11,16 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install system-deps demo test serve digits-model clean
 
-# espeak-ng (Debian) synthesises the demo model's training and evaluation speech; the accuracy tests and
-# `parastream demo --say` need it. Installed here when missing and we may (root with apt-get).
+# Debian packages: espeak-ng synthesises the demo model's training and evaluation speech (the accuracy tests and
+# `parastream demo --say`); chromium runs the browser page's end-to-end test (Playwright drives the system browser,
+# since browser downloads are not possible here). Installed when missing and we may (root with apt-get).
+DEBS := espeak-ng chromium
 system-deps:
-	@command -v espeak-ng >/dev/null || { \
+	@missing=""; for cmd in $(DEBS); do command -v $$cmd >/dev/null || missing="$$missing $$cmd"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
-	  else echo "espeak-ng is missing: install it (Debian: apt-get install espeak-ng)" >&2; exit 1; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (apt-get install$$missing)" >&2; exit 1; fi; fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

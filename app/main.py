@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import errors
-from app.routes import events, health, sessions
+from app.protocols import funasr_ws, openai_audio, openai_realtime
+from app.routes import events, health, page, sessions
 from engine.service import Engine
 from engine.settings import Settings
 
@@ -40,4 +41,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(sessions.router)
     app.include_router(events.router)
     app.include_router(health.router)
+    app.include_router(page.router)
+    app.include_router(funasr_ws.router)
+    app.include_router(openai_audio.router)
+    app.include_router(openai_realtime.router)
     return app
