@@ -15,7 +15,7 @@ from engine.events import Failure, Final, Partial, Payload, Sentence, SessionVie
 class SessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sample_rate: int = Field(16000, description="16000, or 8000 (resampled to 16 kHz on arrival)")
+    sample_rate: int = Field(16000, description="16000, 8000 or 24000 (resampled to 16 kHz on arrival)")
     chunk_size: list[int] = Field(
         default_factory=lambda: [0, 10, 5],
         description="FunASR chunk_size [left, stride, right] in 60 ms frames; stride 10 = 600 ms",

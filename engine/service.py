@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from engine import metrics
-from engine.audio import SUPPORTED_SAMPLE_RATES, Upsampler2x, check_pcm
+from engine.audio import SUPPORTED_SAMPLE_RATES, check_pcm, resampler_for
 from engine.errors import (
     BufferFull,
     EngineError,
@@ -184,7 +184,7 @@ class Engine:
             sample_rate,
             ring,
             pipeline=pipeline,
-            upsampler=Upsampler2x() if sample_rate != SAMPLE_RATE else None,
+            resampler=resampler_for(sample_rate),
             history=self.settings.event_history,
         )
         self.sessions[session_id] = session
@@ -244,7 +244,7 @@ class Engine:
             raise SessionNotOpen(f"session {session_id} is {session.state.value}; it takes no more audio")
         if self.draining:
             raise NotReady("the server is shutting down; it takes no more audio", retry_after_s=5)
-        needed = n * SAMPLE_RATE // session.sample_rate
+        needed = session.resampler.output_len(n) if session.resampler is not None else n
         if needed > session.ring.free:  # checked before the resampler's state moves
             metrics.APPENDS_REJECTED.inc()
             behind_s = (session.ring.used + needed - session.ring.capacity) / SAMPLE_RATE
@@ -253,8 +253,8 @@ class Engine:
                 "the worker is behind, retry later",
                 retry_after_s=max(1, math.ceil(behind_s)),
             )
-        if session.upsampler is not None:
-            pcm = session.upsampler.process(pcm)
+        if session.resampler is not None:
+            pcm = session.resampler.process(pcm)
         try:
             session.ring.write(pcm.tobytes())
         except RingFull as exc:  # pragma: no cover - checked above

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import Enum
 
-from engine.audio import Upsampler2x
+from engine.audio import Resampler
 from engine.events import TERMINAL, Payload, Sentence
 from engine.messages import PipelineOptions, StreamOptions
 from engine.ring import RingWriter
@@ -64,7 +65,7 @@ class Session:
     created_at: float = field(default_factory=time.monotonic)
     last_audio_at: float = field(default_factory=time.monotonic)
     ended_at: float | None = None
-    upsampler: Upsampler2x | None = None
+    resampler: Resampler | None = None  # to 16 kHz, for a session at another rate (engine/audio.py)
     history: int = 1000  # events kept for resume
     events: list[Event] = field(default_factory=list)
     dropped: int = 0  # events trimmed from the front of the log; event id i sits at events[i - 1 - dropped]
@@ -76,8 +77,9 @@ class Session:
 
     @property
     def samples_processed(self) -> int:
-        """Processed audio at the client's rate (the worker counts 16 kHz samples)."""
-        return self.processed_pos * self.sample_rate // SAMPLE_RATE
+        """Processed audio at the client's rate (the worker counts 16 kHz samples). Capped at what was received: a
+        24 kHz client's last 16 kHz sample can stand for one or two of its samples."""
+        return min(self.samples_received, self.processed_pos * self.sample_rate // SAMPLE_RATE)
 
     def add_stride(self, tokens: tuple[str, ...], text: str) -> None:
         self.tokens.extend(tokens)
@@ -127,6 +129,16 @@ class Session:
     @property
     def ended(self) -> bool:
         return bool(self.events) and self.events[-1].terminal
+
+    async def follow(self, after: int = 0) -> AsyncIterator[Event]:
+        """Every event with id > `after` as it comes, up to and including the terminal one (for protocols that
+        relay a whole session; a resuming subscriber uses `events_after` and `dropped`)."""
+        while True:
+            for event in await self.events_after(after):
+                yield event
+                after = event.id
+                if event.terminal:
+                    return
 
     async def events_after(self, last_id: int, processed_seen: int | None = None) -> list[Event]:
         """Events with id > last_id still in the log, waiting for at least one unless the log has ended. With

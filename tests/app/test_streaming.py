@@ -15,6 +15,7 @@ import numpy as np
 from app.client import ParastreamClient, TranscriptEvent
 from benchmarks import server_metrics
 from benchmarks.common import cpu_model, git_commit
+from engine.audio import Downsampler24k
 from engine.settings import Settings
 from tests.audio import synth_speechlike
 from tests.harness import ServiceProcess
@@ -112,6 +113,27 @@ def test_8khz_session_is_resampled(service: ServiceProcess) -> None:
 
     info, events = asyncio.run(run())
     assert events[-1].type == "final" and events[-1].data["tokens"]
+    assert info["samples_received"] == info["samples_processed"] == len(clip)
+
+
+def test_24khz_session_hears_the_resampled_audio(service: ServiceProcess, model_dir: Path) -> None:
+    """OpenAI's realtime audio rate: appended in odd pieces, transcribed as FunASR transcribes the 16 kHz audio the
+    resampler makes of the whole clip at once."""
+    clip = synth_speechlike(3.0, seed=12, sample_rate=24_000)
+
+    async def run() -> tuple[dict, list[TranscriptEvent]]:
+        async with ParastreamClient(service.base_url) as client:
+            session = await client.create_session(sample_rate=24_000)
+            watcher = asyncio.create_task(collect(client, session["id"]))
+            for offset in range(0, len(clip), 7001):
+                await client.append(session["id"], clip[offset : offset + 7001])
+            await client.close(session["id"])
+            events = await asyncio.wait_for(watcher, 60)
+            return await session_info(client, session["id"]), events
+
+    info, events = asyncio.run(run())
+    assert events[-1].type == "final"
+    assert events[-1].data["tokens"] == reference_tokens(model_dir, Downsampler24k().process(clip))
     assert info["samples_received"] == info["samples_processed"] == len(clip)
 
 
