@@ -12,7 +12,6 @@ import functools
 import os
 import random
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +21,10 @@ import pytest
 from app.client import ParastreamClient, TranscriptEvent
 from benchmarks.audio import synth_sentences
 from benchmarks.funasr_2pass_loop import Sentence, TwoPassReference, reference_2pass
-from tests.harness import CLEAN_EXIT, ServiceProcess, segments_of, wait_for
+from tests.app.conftest import LARGE, MAX_SENTENCE_S
+from tests.harness import ServiceProcess, wait_for
 from tests.helpers import collect, session_info, stream_in_pieces, until
 from tests.reference_cache import reference_tokens
-
-LARGE = os.environ.get("PARASTREAM_TEST_MODEL", "tiny-random") == "large-random"
-# The service's PARASTREAM_MAX_SENTENCE_S, short so that the clips' longer sentences also meet the cut (and the
-# references are FunASR's VAD with the same max_single_segment_time).
-MAX_SENTENCE_S = 3
-
-
-@pytest.fixture(scope="module")
-def models(model_dir: Path, vad_model: Path, offline_tiny_model: Path, punc_tiny_model: Path) -> dict[str, Path]:
-    if not LARGE:
-        return {"model": model_dir, "vad": vad_model, "offline": offline_tiny_model, "punc": punc_tiny_model}
-    from engine.model.factory import ensure_model
-    from tests.conftest import CACHE
-
-    return {
-        "model": model_dir,
-        "vad": vad_model,
-        "offline": ensure_model("offline-large-random", CACHE),
-        "punc": ensure_model("punc-large-random", CACHE),
-    }
 
 
 @functools.lru_cache(maxsize=8)
@@ -59,12 +39,12 @@ def _automodel(path: str, role: str, max_sentence_ms: int | None = None) -> Any:
 
 
 def reference(
-    models: dict[str, Path], pcm: np.ndarray, hotwords: str = "", max_sentence_ms: int = MAX_SENTENCE_S * 1000
+    twopass_models: dict[str, Path], pcm: np.ndarray, hotwords: str = "", max_sentence_ms: int = MAX_SENTENCE_S * 1000
 ) -> TwoPassReference:
     return reference_2pass(
-        _automodel(str(models["vad"]), "vad", max_sentence_ms),
-        _automodel(str(models["offline"]), "offline"),
-        _automodel(str(models["punc"]), "punc"),
+        _automodel(str(twopass_models["vad"]), "vad", max_sentence_ms),
+        _automodel(str(twopass_models["offline"]), "offline"),
+        _automodel(str(twopass_models["punc"]), "punc"),
         pcm,
         hotwords,
     )
@@ -98,30 +78,12 @@ def assert_sentences_equal(events: list[TranscriptEvent], ref: TwoPassReference,
     assert [e.id for e in events] == list(range(1, len(events) + 1))
 
 
-@pytest.fixture(scope="module")
-def pipeline_service(models: dict[str, Path]) -> Iterator[ServiceProcess]:
-    settings = dict(
-        workers=2,
-        vad_model=models["vad"],
-        offline_model=models["offline"],
-        punc_model=models["punc"],
-        worker_ping_interval_s=0.2,
-        max_append_bytes=64_000,
-        max_sentence_s=MAX_SENTENCE_S,
-    )
-    with ServiceProcess(models["model"], **settings) as svc:
-        yield svc
-    assert svc.proc is not None and svc.proc.returncode in CLEAN_EXIT, svc.log()
-    assert segments_of(svc.pid) == []
-    svc.remove_log()
-
-
 def clip(i: int) -> np.ndarray:
     rng = random.Random(i)
     return synth_sentences([round(rng.uniform(1.0, 3.5), 2) for _ in range(rng.randint(2, 4))], seed=20 + i)
 
 
-def test_concurrent_2pass_sessions_equal_funasr(pipeline_service: ServiceProcess, models: dict[str, Path]) -> None:
+def test_concurrent_2pass_sessions_equal_funasr(twopass_service: ServiceProcess, twopass_models: dict[str, Path]) -> None:
     """8 sessions at once in random splits: 2pass ones (two with hotwords, in both client forms) and an offline one.
     Sentences equal FunASR's 2pass loop; 2pass partials are online mode's (FunASR's loop on the streaming model)."""
     hotwords = {2: ("一丁 七", "一丁 七"), 5: ('{"丁七": 20, "丂": 5}', "丁七 丂")}
@@ -129,7 +91,7 @@ def test_concurrent_2pass_sessions_equal_funasr(pipeline_service: ServiceProcess
     clips = [clip(i) for i in range(8)]
 
     async def run() -> list[list[TranscriptEvent]]:
-        async with ParastreamClient(pipeline_service.base_url) as client:
+        async with ParastreamClient(twopass_service.base_url) as client:
             sessions = []
             for i in range(len(clips)):
                 options: dict[str, Any] = {"mode": modes.get(i, "2pass")}
@@ -147,14 +109,14 @@ def test_concurrent_2pass_sessions_equal_funasr(pipeline_service: ServiceProcess
 
     results = asyncio.run(run())
     for i, (events, pcm) in enumerate(zip(results, clips)):
-        ref = reference(models, pcm, hotwords.get(i, ("", ""))[1])
+        ref = reference(twopass_models, pcm, hotwords.get(i, ("", ""))[1])
         assert len(ref.sentences) >= 2, i  # the clips really have several sentences
         assert_sentences_equal(events, ref, pcm)
         partials = [t for e in events if e.type == "partial" for t in e.data["tokens"]]
         if modes.get(i) == "offline":
             assert partials == []
         else:  # every stride's tokens as in online mode; the 2pass close skips the final step, as FunASR's does
-            online = reference_tokens(models["model"], pcm)
+            online = reference_tokens(twopass_models["model"], pcm)
             assert partials and online[: len(partials)] == partials, i
 
 
@@ -173,9 +135,9 @@ def test_mode_needs_the_sentence_models(service: ServiceProcess) -> None:
     assert default.status_code == 201 and default.json()["mode"] == "online"
 
 
-def test_bad_hotwords_are_refused(pipeline_service: ServiceProcess) -> None:
+def test_bad_hotwords_are_refused(twopass_service: ServiceProcess) -> None:
     async def run() -> Any:
-        async with ParastreamClient(pipeline_service.base_url) as client:
+        async with ParastreamClient(twopass_service.base_url) as client:
             return await client.http.post("/v1/sessions", json={"hotwords": '{"unclosed": 1'})
 
     answer = asyncio.run(run())
@@ -184,11 +146,11 @@ def test_bad_hotwords_are_refused(pipeline_service: ServiceProcess) -> None:
 
 @pytest.mark.parametrize("how", ["sigkill", "migrate"])
 def test_crash_or_move_mid_sentence_changes_nothing(
-    pipeline_service: ServiceProcess, models: dict[str, Path], how: str
+    twopass_service: ServiceProcess, twopass_models: dict[str, Path], how: str
 ) -> None:
     """Pairs of sessions stream the same clips; once each session of one worker is inside a sentence, that worker is
     SIGKILLed (or its sessions are moved). Every session's events, ids included, equal its twin's and FunASR's."""
-    svc = pipeline_service
+    svc = twopass_service
     clips = [clip(100 + i) for i in range(3)]
 
     async def mid_sentence(client: ParastreamClient, sid: str) -> bool:
@@ -215,7 +177,12 @@ def test_crash_or_move_mid_sentence_changes_nothing(
                 await asyncio.to_thread(wait_for, lambda: svc.workers()[0]["pid"] != pid, 60)
             else:
                 for sid in victims:
-                    assert (await client.http.post(f"/v1/sessions/{sid}/migrate", json={"worker": 1})).status_code == 202
+                    for _ in range(100):  # one move at a time per service: the balancer's may be under way
+                        r = await client.http.post(f"/v1/sessions/{sid}/migrate", json={"worker": 1})
+                        if r.status_code != 409 or r.json()["error"]["code"] != "migration_in_flight":
+                            break
+                        await asyncio.sleep(0.05)
+                    assert r.status_code == 202, r.text
             await asyncio.gather(*feeds)
             results = await asyncio.wait_for(asyncio.gather(*watchers), 300 if LARGE else 120)
             return results, victims
@@ -225,23 +192,23 @@ def test_crash_or_move_mid_sentence_changes_nothing(
     for k in range(len(clips)):
         a, b = events_of[k], events_of[k + len(clips)]
         assert [(e.id, e.type, e.data) for e in a] == [(e.id, e.type, e.data) for e in b], k
-        assert_sentences_equal(a, reference(models, clips[k]), clips[k])
+        assert_sentences_equal(a, reference(twopass_models, clips[k]), clips[k])
     assert victims
 
 
-def test_a_sentence_longer_than_the_limit_is_cut_there(pipeline_service: ServiceProcess, models: dict[str, Path]) -> None:
+def test_a_sentence_longer_than_the_limit_is_cut_there(twopass_service: ServiceProcess, twopass_models: dict[str, Path]) -> None:
     """PARASTREAM_MAX_SENTENCE_S=3: the VAD ends a sentence 3 s long and the next begins, as FunASR's VAD does with
     max_single_segment_time 3000; the served sentences equal that reference."""
     pcm = synth_sentences([9.0, 1.5], pause_s=1.2, seed=3)
 
     async def run() -> list[TranscriptEvent]:
-        async with ParastreamClient(pipeline_service.base_url) as client:
+        async with ParastreamClient(twopass_service.base_url) as client:
             sid = (await client.create_session(mode="offline"))["id"]
             watcher = asyncio.create_task(collect(client, sid))
             await stream_in_pieces(client, sid, pcm, random.Random(0), max_piece=16_000)
             return await asyncio.wait_for(watcher, 120)
 
     events = asyncio.run(run())
-    assert_sentences_equal(events, reference(models, pcm), pcm)
+    assert_sentences_equal(events, reference(twopass_models, pcm), pcm)
     lengths = [s["end_ms"] - s["start_ms"] for s in served(events)]
     assert len(lengths) >= 3 and max(lengths) <= MAX_SENTENCE_S * 1000 + 60  # cut at the first frame past the limit

@@ -9,28 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from benchmarks.accuracy import transcribe_all
 from engine.training import synth
 from engine.training.cer import cer
-from tests.harness import CLEAN_EXIT, ServiceProcess
+from tests.app.conftest import DIGITS_MODEL
+from tests.harness import ServiceProcess
 
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS_MODEL = ROOT / "models" / "digits"
 CER_BAR = 0.05  # issue 9: digits, streaming, held-out synthetic speech
 CONCURRENT = 8
-
-
-@pytest.fixture(scope="module")
-def digits_service() -> Iterator[ServiceProcess]:
-    with ServiceProcess(DIGITS_MODEL, workers=2, max_sessions=32) as svc:
-        yield svc
-    assert svc.proc is not None and svc.proc.returncode in CLEAN_EXIT, svc.log()
-    svc.remove_log()
 
 
 def _held_out() -> list[synth.ClipSpec]:
