@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     max_append_bytes: int = Field(
         640_000, ge=2, description="Largest audio body one append may carry (20 s of 16 kHz 16-bit PCM)."
     )
+    max_upload_bytes: int = Field(
+        100_000_000,
+        ge=1,
+        description=(
+            "Largest file POST /v1/audio/transcriptions (OpenAI's API) takes, multipart body included; larger is 413, "
+            "checked while reading."
+        ),
+    )
     ring_seconds: float = Field(
         30.0, gt=0, description="Per-session ring capacity in seconds of 16 kHz audio; a full ring answers 429."
     )
