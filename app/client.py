@@ -1,4 +1,11 @@
-"""A small async client of the HTTP API (httpx + httpx-sse), used by the demo, the tests and the benchmarks."""
+"""The low-level async client of the HTTP API (httpx + httpx-sse) that the tests and benchmarks drive the service
+with: one request per method, raw events (`TranscriptEvent`, with the id-less `progress` events on request), no
+retries, so a test sees exactly what the service answers.
+
+Applications want the SDK instead, `app.sdk` (docs/sdk.md): typed events, sync and async clients, files, arrays
+and frame iterators as sources, real-time pacing, and resuming after dropped connections. Its main names are
+importable from here too.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,38 @@ from typing import Any
 import httpx
 import numpy as np
 from httpx_sse import aconnect_sse
+
+from app.sdk import (
+    APIError,
+    AsyncClient,
+    Client,
+    ConnectionFailed,
+    ErrorEvent,
+    Event,
+    FinalEvent,
+    ParastreamError,
+    PartialEvent,
+    SentenceEvent,
+    Session,
+)
+
+__all__ = [
+    "APIError",
+    "AsyncClient",
+    "Client",
+    "ConnectionFailed",
+    "ErrorEvent",
+    "Event",
+    "FinalEvent",
+    "ParastreamClient",
+    "ParastreamError",
+    "PartialEvent",
+    "SentenceEvent",
+    "Session",
+    "TranscriptEvent",
+    "read_wav",
+    "stream_pcm",
+]
 
 
 @dataclass(frozen=True)
