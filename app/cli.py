@@ -1,4 +1,4 @@
-"""`parastream` command line: serve, make-model, build, demo.
+"""`parastream` command line: serve, make-model, build, demo, transcribe (a client of a running service).
 
 `make-model` needs torch and funasr, so it imports them only when run; `serve` never does in this process.
 """
@@ -47,11 +47,35 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--model", help="model dir or name (default: the committed models/digits)")
     demo.add_argument("--speed", type=float, default=1.0, help="pace relative to real time (1.0 = real time)")
 
+    demo.add_argument("--log", type=Path, help="write the service's own log here (default: shown only on failure)")
+
     build = sub.add_parser("build", help="build the optimised encoder for PARASTREAM_BACKEND=onnx (else at first start)")
     build.add_argument("model", help="model dir or name")
 
+    transcribe = sub.add_parser(
+        "transcribe",
+        help="stream a file (or raw PCM on stdin) to a running service and print the transcript",
+        description="Stream FILE, or raw 16-bit LE mono PCM from stdin (-), to a running service; print the "
+        "transcript as text, JSON Lines or SRT (docs/sdk.md).",
+    )
+    from app.transcribe import configure
+
+    configure(transcribe)
+
     args = parser.parse_args(argv)
+    if args.command == "transcribe":
+        # A client: only warnings, and never httpx's line per request.
+        logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+        from app.transcribe import run
+
+        return run(args)
+    if args.command == "demo":
+        from app.demo import run_demo
+
+        # The demo sends the service's logs (and its libraries' notices) to a file and prints only the transcripts.
+        return asyncio.run(run_demo(args.wav, args.model, args.speed, args.say, log_path=args.log))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
     if args.command == "make-model":
         return _make_model(args.kind, args.dir, args.seed)
     if args.command == "build":
@@ -59,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         overrides = {k: v for k, v in vars(args).items() if k in ("host", "port", "model", "workers") and v is not None}
         return asyncio.run(_serve(overrides))
-    from app.demo import run_demo
-
-    return asyncio.run(run_demo(args.wav, args.model, args.speed, args.say))
+    raise AssertionError(args.command)
 
 
 def _make_model(kind: str, out: Path, seed: int) -> int:
