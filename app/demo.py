@@ -8,22 +8,35 @@ transcript beside the text that was spoken, with the character error rate.
 `--say 3 1 4` (or `--say 三一四`) synthesises new digits with espeak-ng, when it is installed. `--wav` streams any
 16 kHz WAV, and `--model` serves another model (a random-weight one prints gibberish: it shows the pipeline,
 not accuracy). The demo model knows espeak-ng's voice and ten digits, nothing of human speech.
+
+The output is the transcripts and a summary, nothing else: the service runs in this process and its children, so
+their logs, their libraries' notices (funasr's banners, warnings) and anything else they write go to a log file
+(`--log FILE`; by default a temporary one, named only when something fails). The clips stream through the SDK
+(app/sdk/), as any client's would. On a terminal each clip's partials build up on one line, rewritten in place.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import uvicorn
 
-from app.client import ParastreamClient, TranscriptEvent, read_wav, stream_pcm
+from app.client import read_wav
 from app.main import create_app
+from app.sdk import AsyncClient, ErrorEvent, Event, FinalEvent, PartialEvent, load_audio
+from engine.errors import EngineBootError
 from engine.service import Engine
 from engine.settings import Settings
 from engine.training import synth
@@ -64,76 +77,174 @@ def said_clip(text: str) -> Clip:
     return Clip(f"--say {digits}", pcm, SAMPLE_RATE, digits)
 
 
+def wav_clip(path: Path) -> Clip:
+    """Any audio file, mixed to mono and resampled to 16 kHz."""
+    try:
+        return Clip(path.name, load_audio(path), SAMPLE_RATE, None)
+    except (OSError, RuntimeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from exc
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _print_event(event: TranscriptEvent, t0: float) -> None:
-    stamp = f"{time.monotonic() - t0:6.2f}s"
-    if event.type == "partial":
-        print(f"  {stamp} partial #{event.id}: +{event.data['text']}", flush=True)
-    elif event.type == "error":
-        print(f"  {stamp} error   #{event.id}: {event.data}", flush=True)
-
-
-async def _transcribe(client: ParastreamClient, clip: Clip, speed: float) -> str | None:
-    session = await client.create_session(sample_rate=clip.sample_rate)
-    t0 = time.monotonic()
-
-    async def watch() -> TranscriptEvent | None:
-        last = None
-        async for event in client.events(session["id"]):
-            _print_event(event, t0)
-            last = event
-        return last
-
-    watcher = asyncio.create_task(watch())
-    await stream_pcm(client, session["id"], clip.pcm, clip.sample_rate, speed=speed)
-    last = await asyncio.wait_for(watcher, 60)
-    return "".join(last.data["tokens"]) if last is not None and last.type == "final" else None
-
-
-async def run_demo(wav: Path | None, model: str | None, speed: float = 1.0, say: str | None = None) -> int:
+@contextlib.contextmanager
+def service_output_to(log_path: Path) -> Iterator[tuple[IO[str], IO[str]]]:
+    """Send everything this process and its future children write to stdout and stderr (file descriptors 1 and 2:
+    logging, uvicorn, funasr's prints and tqdm bars in the model host and the workers, warnings) to `log_path`,
+    and yield streams on the original stdout and stderr for the demo's own output."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    out = open(os.dup(saved[0]), "w", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed below
+    err = open(os.dup(saved[1]), "w", encoding="utf-8", buffering=1)  # noqa: SIM115
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
+    logging.captureWarnings(True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo's own requests: no line each
     try:
-        clips = [said_clip(say)] if say else [Clip(wav.name, *read_wav(wav), None)] if wav else committed_clips()
+        yield out, err
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        out.close()
+        err.close()
+
+
+class ClipView:
+    """One clip's live transcript: a line per partial when piped; on a terminal one line rewritten in place."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self.t0 = time.monotonic()
+        self.live = None
+        self.heard = ""
+        if out.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live(console=Console(file=out, highlight=False), transient=True, auto_refresh=False)
+            self.live.start()
+
+    def event(self, event: Event) -> None:
+        stamp = f"{time.monotonic() - self.t0:6.2f}s"
+        if isinstance(event, PartialEvent):
+            self.heard += event.text
+            if self.live is None:
+                print(f"  {stamp} partial #{event.id}: +{event.text}", file=self.out, flush=True)
+            else:
+                from rich.text import Text
+
+                self.live.update(Text(f"  {stamp} heard:  {self.heard}"), refresh=True)
+        elif isinstance(event, ErrorEvent):
+            self.stop()
+            print(f"  {stamp} error   #{event.id}: {event.code}: {event.message}", file=self.out, flush=True)
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+async def _transcribe(client: AsyncClient, clip: Clip, speed: float, out: IO[str]) -> str | None:
+    view = ClipView(out)
+    final: FinalEvent | None = None
+    try:
+        async for event in client.transcribe(clip.pcm, sample_rate=clip.sample_rate, realtime=True, speed=speed):
+            view.event(event)
+            if isinstance(event, FinalEvent):
+                final = event
+    finally:
+        view.stop()
+    return "".join(final.tokens) if final is not None else None
+
+
+async def run_demo(
+    wav: Path | None, model: str | None, speed: float = 1.0, say: str | None = None, log_path: Path | None = None
+) -> int:
+    try:
+        clips = [said_clip(say)] if say else [wav_clip(wav)] if wav else committed_clips()
     except ValueError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
+    keep_log = log_path is not None
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix="parastream-demo-", suffix=".log")
+        os.close(fd)
+        log_path = Path(name)
+    with service_output_to(log_path) as (out, err):
+        status = await _serve_and_stream(clips, model, speed, out, err)
+        if status != 0:
+            print(f"the service's log: {log_path}", file=err)
+            keep_log = True
+    if not keep_log:
+        log_path.unlink(missing_ok=True)
+    return status
+
+
+async def _serve_and_stream(clips: list[Clip], model: str | None, speed: float, out: IO[str], err: IO[str]) -> int:
     settings = Settings(model=model or str(DEMO_MODEL_DIR), port=_free_port(), workers=0)
     engine = Engine(settings)
-    await engine.start()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine), host="127.0.0.1", port=settings.port, log_level="warning"))
+    try:
+        await engine.start()
+    except EngineBootError as exc:
+        print(f"demo: the service cannot start: {exc}", file=err)
+        await engine.stop()
+        return 1
+    config = uvicorn.Config(
+        create_app(settings, engine), host="127.0.0.1", port=settings.port, log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
     try:
         if not await engine.wait_ready(120):
-            print(f"workers did not become ready: {engine.halt_reason}", file=sys.stderr)
+            print(f"demo: workers did not become ready: {engine.halt_reason}", file=err)
             return 1
         while not server.started:
+            if serving.done():
+                print("demo: the HTTP server did not start", file=err)
+                return 1
             await asyncio.sleep(0.05)
-        print(f"serving {settings.model} on http://127.0.0.1:{settings.port} with {len(engine.workers())} workers")
+        url = f"http://127.0.0.1:{settings.port}"
+        print(f"serving {settings.model} on {url} with {len(engine.workers())} workers", file=out)
         if model is None:
-            print("The demo model knows only espeak-ng's synthetic voice reading the digits 零-九, not human speech;")
-            print("PARASTREAM_MODEL=paraformer-zh-streaming serves the real model where its hub is reachable.")
+            print("The demo model knows only espeak-ng's synthetic voice reading the digits 零-九, not human speech;", file=out)
+            print("PARASTREAM_MODEL=paraformer-zh-streaming serves the real model where its hub is reachable.", file=out)
         scored: list[tuple[str, str]] = []
-        failed = False
-        async with ParastreamClient(f"http://127.0.0.1:{settings.port}") as client:
+        failed = 0
+        audio_s = 0.0
+        started = time.monotonic()
+        async with AsyncClient(url) as client:
             for clip in clips:
                 seconds = len(clip.pcm) / clip.sample_rate
-                print(f"\n{clip.name}: streaming {seconds:.1f} s at {speed:g}x real time", flush=True)
-                heard = await _transcribe(client, clip, speed)
+                audio_s += seconds
+                print(f"\n{clip.name}: streaming {seconds:.1f} s at {speed:g}x real time", file=out, flush=True)
+                heard = await _transcribe(client, clip, speed, out)
                 if heard is None:
-                    failed = True
-                    print("  no final transcript", flush=True)
+                    failed += 1
+                    print("  no final transcript", file=out, flush=True)
                 elif clip.spoken is None:
-                    print(f"  final:  {heard}", flush=True)
+                    print(f"  final:  {heard}", file=out, flush=True)
                 else:
                     scored.append((clip.spoken, heard))
                     errors = edit_distance(clip.spoken, heard)
-                    print(f"  final:  {heard}\n  spoken: {clip.spoken}   ({errors} errors, CER {errors / len(clip.spoken):.1%})", flush=True)
+                    print(f"  final:  {heard}\n  spoken: {clip.spoken}   ({errors} errors, CER {errors / len(clip.spoken):.1%})", file=out, flush=True)
+        summary = f"\n{len(clips)} clips, {audio_s:.1f} s of audio in {time.monotonic() - started:.1f} s"
         if scored:
-            print(f"\nCER over {len(scored)} clips: {cer(scored):.1%}", flush=True)
+            summary += f"; CER over {len(scored)} clips: {cer(scored):.1%}"
+        if failed:
+            summary += f"; {failed} without a final transcript"
+        print(summary, file=out, flush=True)
         return 1 if failed else 0
     finally:
         server.should_exit = True
