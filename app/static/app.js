@@ -145,10 +145,11 @@ const ui = {
       delete box.dataset.code;
       return;
     }
-    const code = err.code ? `${err.code}: ` : '';
-    box.textContent = `${code}${err.message || err}`;
+    // The service's {code, message}; a DOMException (the microphone refused, say) has a name instead.
+    const code = typeof err.code === 'string' ? err.code : err.name || 'error';
+    box.textContent = `${code}: ${err.message || err}`;
     box.hidden = false;
-    box.dataset.code = err.code || '';
+    box.dataset.code = code;
   },
   clear() {
     $('sentences').replaceChildren();
@@ -189,7 +190,7 @@ const ui = {
   },
 };
 
-let current = null; // the running stream: {kind, id, sender, events, stop()}
+let current = null; // the running stream: {kind, id, sender, events, stopped, ended, stopHooks}
 
 function subscribe(id, handlers) {
   const key = apiKey();
@@ -245,53 +246,62 @@ async function run(kind, source) {
     stream.id = session.id;
     $('session').textContent = session.id;
     stream.done = new Promise((resolve) => { stream.finish = resolve; });
+    const end = () => {
+      stream.ended = true;
+      halt(stream); // an idle timeout or a failure ends the session while audio may still be coming
+      stream.finish();
+    };
     const sub = subscribe(session.id, {
       partial: ui.partial,
       sentence: ui.sentence,
       final: (data) => {
         ui.final(data);
         ui.state('done', 'Done.');
-        stream.finish();
+        end();
       },
       failed: (err) => {
         ui.error(err);
         ui.state('error', 'Failed.');
-        stream.stopped = true;
-        stream.finish();
+        end();
       },
     });
     stream.events = sub.events;
     await sub.ready;
     stream.sender = new AudioSender(session.id);
-    stream.sender.onError = (err) => {
-      ui.error(err);
-      stream.stopped = true;
-    };
+    stream.sender.onError = () => halt(stream); // drain() below reports it
     ui.state('streaming', kind === 'mic' ? 'Listening…' : 'Streaming the file…');
     if (!stream.stopped) await source(stream);
-    ui.state('closing', 'Closing: waiting for the final transcript…');
+    if (!stream.ended) ui.state('closing', 'Closing: waiting for the final transcript…');
+    let closeError = null;
     try {
       await stream.sender.drain();
     } finally {
-      await api(`/v1/sessions/${session.id}/close`).catch((err) => { if (!$('error').textContent) ui.error(err); });
+      if (!stream.ended) await api(`/v1/sessions/${session.id}/close`).catch((err) => { closeError = err; });
     }
+    if (closeError && !stream.ended) throw closeError;
     await stream.done;
   } catch (err) {
-    ui.error(err);
-    ui.state('error', 'Failed.');
+    if (!stream.ended) {
+      ui.error(err);
+      ui.state('error', 'Failed.');
+    }
     if (stream.events) stream.events.close();
     // Do not leave the session open until its idle timeout (closing twice is harmless).
-    if (stream.id) api(`/v1/sessions/${stream.id}/close`).catch(() => {});
+    if (stream.id && !stream.ended) api(`/v1/sessions/${stream.id}/close`).catch(() => {});
   } finally {
+    halt(stream);
     if (current === stream) current = null;
     ui.state(document.body.dataset.state); // the buttons follow
   }
 }
 
+function halt(stream) {
+  stream.stopped = true;
+  for (const hook of stream.stopHooks.splice(0)) hook();
+}
+
 function stop() {
-  if (!current) return;
-  current.stopped = true;
-  for (const hook of current.stopHooks) hook();
+  if (current) halt(current);
 }
 
 // ---------- the microphone ----------

@@ -334,3 +334,65 @@ def test_errors_are_shown_and_the_key_is_sent(service: ServiceProcess, clips: di
     # The key is remembered.
     page.page.reload()
     assert page.page.input_value("#key") == KEY
+
+
+def test_a_session_that_ends_badly_is_shown_and_the_page_recovers(
+    service: ServiceProcess, clips: dict[str, Clip], open_page: Any, tmp_path: Path
+) -> None:
+    page = open_page(service)
+    page.allowed.update({404, 409})  # the appends after the abort are refused
+    # A session aborted while the file streams: the `error` event is shown, the page stops sending.
+    page.page.set_checked("#fast", False)
+    page.page.set_input_files("#file", str(clips["file"].path))
+    page.wait_state("streaming")
+    assert httpx.delete(f"{service.base_url}/v1/sessions/{page.text('#session')}").status_code == 204
+    page.wait_state("error")
+    assert page.page.get_attribute("#error", "data-code") == "aborted", page.summary()
+    assert page.page.is_enabled("#mic") and page.page.is_enabled("#file") and not page.page.is_enabled("#stop")
+    # A file the browser cannot decode.
+    junk = tmp_path / "notes.wav"
+    junk.write_text("not audio")
+    page.page.set_input_files("#file", str(junk))
+    page.wait_state("error")
+    assert page.page.get_attribute("#error", "data-code") == "undecodable_file", page.summary()
+    # And the next stream works.
+    page.stream_file(clips["file"], fast=True)
+    assert page.text("#final") and page.text("#error") == ""
+
+
+# ---------- the worklet's resampler ----------
+
+RESAMPLE = """([source, inRate, tones]) => {
+    const SincResampler = new Function('AudioWorkletProcessor', 'registerProcessor', 'sampleRate',
+        source + '; return SincResampler;')(class {}, () => {}, inRate);
+    const r = new SincResampler(inRate, 16000);
+    const out = [];
+    const n = inRate * 2;  // 2 s, pushed in render quanta of 128 like the worklet's
+    for (let at = 0; at < n; at += 128) {
+        const block = new Float32Array(Math.min(128, n - at));
+        for (let i = 0; i < block.length; i++)
+            for (const [f, a] of tones) block[i] += a * Math.sin(2 * Math.PI * f * (at + i) / inRate);
+        r.push(block, (y) => out.push(y));
+    }
+    r.flush((y) => out.push(y));
+    return out;
+}"""
+
+
+@pytest.mark.parametrize("in_rate", [48000, 44100])
+def test_the_worklet_resamples_to_16_khz_without_aliasing(browser: Any, in_rate: int) -> None:
+    source = (ROOT / "app" / "static" / "pcm-worklet.js").read_text()
+    page = browser.new_page()  # about:blank: no CSP, so the class can be evaluated out of the worklet
+    try:
+        # A 440 Hz tone comes through; a 12 kHz one (above 16 kHz's Nyquist) must not fold down to 4 kHz.
+        out = np.array(page.evaluate(RESAMPLE, [source, in_rate, [[440, 0.5], [12000, 0.3]]]))
+    finally:
+        page.close()
+    assert abs(len(out) - 2 * RATE) <= 2, len(out)
+    t = np.arange(len(out)) / RATE
+    middle = slice(RATE // 4, len(out) - RATE // 4)  # away from the start and the tail
+    ideal = 0.5 * np.sin(2 * np.pi * 440 * t)
+    noise = out[middle] - ideal[middle]
+    snr_db = 10 * np.log10(np.mean(ideal[middle] ** 2) / np.mean(noise**2))
+    print(f"{in_rate} Hz -> 16 kHz: 440 Hz tone with a 12 kHz one beside it, SNR {snr_db:.1f} dB")
+    assert snr_db > 60, f"{snr_db:.1f} dB"
