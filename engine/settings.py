@@ -112,7 +112,11 @@ class Settings(BaseSettings):
 
     # --- SSE ---
     sse_ping_s: float = Field(15.0, gt=0, description="Keep-alive comment interval on event streams.")
-    sse_send_timeout_s: float = Field(30.0, gt=0, description="A subscriber that accepts nothing for this long is dropped.")
+    sse_send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A subscriber (event stream, or FunASR WebSocket client) that accepts nothing for this long is dropped.",
+    )
     send_buffer_bytes: int = Field(
         0,
         ge=0,
