@@ -98,17 +98,24 @@ class Page:
         self.page = self.context.new_page()
         self.requests: list[Any] = []
         self.errors: list[str] = []
-        self.failed: list[str] = []  # answers of 400 and up
+        self.failed: list[str] = []  # answers of 400 and up, and requests with no answer (0)
         self.allowed: set[int] = set()  # ...that the test expects
         self.page.on("request", lambda request: self.requests.append(request))
         self.page.on("response", lambda r: r.status >= 400 and self.failed.append(f"{r.status} {r.url}"))
+        self.page.on("requestfailed", self._request_failed)
         self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
         self.page.on("console", self._console)
         self.page.goto("/")
 
+    def _request_failed(self, request: Any) -> None:
+        # The page closes each event stream once `final` came: that is the one failure it causes itself.
+        if not (request.failure == "net::ERR_ABORTED" and urlsplit(request.url).path.endswith("/events")):
+            self.failed.append(f"0 {request.url} {request.failure}")
+
     def _console(self, msg: Any) -> None:
-        # Chromium logs every 4xx as a console error too; those are checked as responses.
-        if msg.type == "error" and not msg.text.startswith("Failed to load resource: the server responded"):
+        # Chromium logs every failed request as a console error too; those are checked as responses (status 0: no
+        # answer at all).
+        if msg.type == "error" and not msg.text.startswith("Failed to load resource:"):
             self.errors.append(msg.text)
 
     def stream_file(self, clip: Clip, *, fast: bool, mode: str = "") -> float:
@@ -131,6 +138,11 @@ class Page:
         except Exception as exc:
             raise AssertionError(f"page never reached {state!r}: {self.summary()}") from exc
         assert self.state() == state, self.summary()
+
+    def session(self) -> dict[str, Any]:
+        """`GET /v1/sessions/{id}` of the session the page shows."""
+        answer: dict[str, Any] = httpx.get(f"{self.base_url}/v1/sessions/{self.text('#session')}").json()
+        return answer
 
     def state(self) -> str:
         return str(self.page.evaluate("document.body.dataset.state"))
@@ -232,6 +244,7 @@ def test_a_picked_file_gives_the_rest_transcript(
     page.stream_file(clip, fast=True)
     assert page.text("#final") == expected["text"], page.summary()
     assert expected["text"], "tiny-random gives some text for 3 s of speech"
+    assert page.session()["samples_received"] == len(clip.pcm), "a 16 kHz mono WAV goes through sample for sample"
     # Every partial is shown with its time (samples_processed / 16000), grey; together they are the transcript.
     stamps = page.all_texts("#partials .partial time")
     assert stamps and all(s.endswith(" s") for s in stamps), stamps
@@ -239,6 +252,35 @@ def test_a_picked_file_gives_the_rest_transcript(
     assert page.page.eval_on_selector("#partials .partial", "e => getComputedStyle(e).color") != "rgb(17, 17, 17)"
     audio = [r for r in page.requests if r.url.split("?")[0].endswith("/audio")]
     assert audio and all("offset=" in r.url for r in audio) and all(r.method == "POST" for r in audio)
+
+
+def test_refused_and_lost_appends_are_sent_again_without_loss_or_repeats(
+    service: ServiceProcess, clips: dict[str, Clip], open_page: Any
+) -> None:
+    clip = clips["file"]
+    expected = rest_transcript(service.base_url, clip.pcm)
+    page = open_page(service)
+    page.allowed.update({0, 429})
+    appends: list[str] = []
+
+    def audio(route: Any) -> None:
+        appends.append(route.request.url)
+        if len(appends) == 2:  # the service's buffer is full: wait for Retry-After, send again
+            body = '{"error": {"code": "buffer_full", "message": "test"}}'
+            route.fulfill(status=429, headers={"Retry-After": "1"}, content_type="application/json", body=body)
+        elif len(appends) == 4:  # the audio arrives but the answer is lost: the same offset again
+            route.fetch()
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.page.route("**/v1/sessions/*/audio?*", audio)
+    page.stream_file(clip, fast=True)
+    assert page.text("#final") == expected["text"], page.summary()
+    offsets = [int(parse_qs(urlsplit(url).query)["offset"][0]) for url in appends]
+    assert len(offsets) >= 6 and offsets[1] == offsets[2] and offsets[3] == offsets[4], offsets
+    assert offsets == sorted(offsets)
+    assert page.session()["samples_received"] == len(clip.pcm)
 
 
 def test_a_picked_file_streams_in_real_time_and_is_transcribed_as_spoken(
