@@ -283,6 +283,21 @@ def test_refused_and_lost_appends_are_sent_again_without_loss_or_repeats(
     assert page.session()["samples_received"] == len(clip.pcm)
 
 
+def test_stop_ends_a_file_early(service: ServiceProcess, clips: dict[str, Clip], open_page: Any) -> None:
+    clip = clips["file"]
+    page = open_page(service)
+    page.page.set_checked("#fast", False)
+    page.page.set_input_files("#file", str(clip.path))
+    page.page.wait_for_function(
+        "() => parseFloat(document.getElementById('progress').textContent) >= 1", timeout=30_000
+    )
+    page.page.click("#stop")
+    page.wait_state("done")
+    sent = page.session()["samples_received"]
+    assert RATE <= sent < len(clip.pcm) - RATE // 2, sent
+    assert page.text("#final-meta").endswith("closed"), page.summary()
+
+
 def test_a_picked_file_streams_in_real_time_and_is_transcribed_as_spoken(
     digits_service: ServiceProcess, clips: dict[str, Clip], open_page: Any
 ) -> None:
