@@ -15,7 +15,7 @@ while the events stream back, and resume after a dropped connection with `offset
 event arrives exactly once.
 """
 
-from app.sdk.async_client import DEFAULT_URL, AsyncClient, Session
+from app.sdk.async_client import DEFAULT_URL, AsyncClient
 from app.sdk.audio import DEFAULT_SAMPLE_RATE, SAMPLE_RATES, AudioSource, load_audio
 from app.sdk.errors import APIError, ConnectionFailed, ParastreamError
 from app.sdk.events import (
@@ -28,6 +28,7 @@ from app.sdk.events import (
     event_to_dict,
     parse_event,
 )
+from app.sdk.session import Session
 from app.sdk.sync_client import Client
 
 __all__ = [

@@ -23,47 +23,21 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from httpx_sse import aconnect_sse
 
 from app.sdk.audio import DEFAULT_SAMPLE_RATE, AudioSource, Frame, open_source, pcm_bytes
-from app.sdk.errors import APIError, ConnectionFailed
+from app.sdk.errors import APIError, ConnectionFailed, api_error, retry_after
 from app.sdk.events import TERMINAL, Event, parse_event
+from app.sdk.session import Session
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 PCM_HEADERS = {"Content-Type": "application/octet-stream"}
 # Realtime pacing sends 100 ms frames, as a live microphone delivers them; otherwise 1 s pieces, as fast as taken.
 REALTIME_FRAME_MS = 100
 BULK_PIECE_MS = 1000
-
-
-@dataclass(frozen=True)
-class Session:
-    """A session the service opened (`POST /v1/sessions`); `info` is the whole answer (docs/api.md)."""
-
-    id: str
-    sample_rate: int
-    mode: str
-    chunk_size: tuple[int, ...]
-    info: Mapping[str, Any] = field(repr=False)
-
-    @property
-    def stride_ms(self) -> int:
-        """The streaming model's stride (chunk_size[1] frames of 60 ms): the audio one partial covers at most."""
-        return self.chunk_size[1] * 60 if len(self.chunk_size) > 1 else 600
-
-    @classmethod
-    def from_info(cls, info: Mapping[str, Any]) -> Session:
-        return cls(
-            str(info["id"]),
-            int(info.get("sample_rate", DEFAULT_SAMPLE_RATE)),
-            str(info.get("mode", "online")),
-            tuple(int(x) for x in info.get("chunk_size", (0, 10, 5))),
-            dict(info),
-        )
 
 
 class AsyncClient:
@@ -187,6 +161,7 @@ class AsyncClient:
         silent connection is reopened with `Last-Event-ID`; no event is yielded twice."""
         last = last_event_id
         failures = 0
+        busy_until = time.monotonic() + self.busy_timeout
         path = f"/v1/sessions/{session_id}/events"
         timeout = httpx.Timeout(self.http.timeout.connect, read=self.event_timeout)
         while True:
@@ -197,9 +172,9 @@ class AsyncClient:
                     response = source.response
                     if response.status_code != 200:
                         await response.aread()
-                        wait = _retry_after(response)
-                        if wait is None:
-                            raise _api_error(response)
+                        wait = retry_after(response)
+                        if wait is None or time.monotonic() + wait > busy_until:
+                            raise api_error(response)
                         await asyncio.sleep(wait)
                         continue
                     async for sse in source.aiter_sse():
@@ -242,7 +217,7 @@ class AsyncClient:
         then close the session unless `close` is false. `realtime`: at `speed` x real time, in 100 ms frames (a
         frame leaves when its audio would have been spoken); otherwise as fast as the service accepts. Returns
         the end offset."""
-        frames = self._frames(source, sample_rate, realtime)
+        frames = self._frames(source, sample_rate, realtime, speed)
         return await self._send(session_id, frames, sample_rate, offset, realtime, speed, close)
 
     async def stream(
@@ -261,7 +236,7 @@ class AsyncClient:
         event. The sample rate is the session's (given `Session`) or `sample_rate` (default 16 kHz)."""
         session_id = session.id if isinstance(session, Session) else session
         rate = sample_rate or (session.sample_rate if isinstance(session, Session) else DEFAULT_SAMPLE_RATE)
-        frames = self._frames(source, rate, realtime)
+        frames = self._frames(source, rate, realtime, speed)
         sender = asyncio.create_task(self._send(session_id, frames, rate, offset, realtime, speed, close))
         events = self.events(session_id, last_event_id=last_event_id)
         pending: asyncio.Future[Event] | None = None
@@ -308,7 +283,7 @@ class AsyncClient:
         an array, bytes or frames (default 16 kHz); a file is resampled to it (default 16 kHz). The session is
         deleted if the caller stops early."""
         rate = sample_rate or DEFAULT_SAMPLE_RATE
-        frames = self._frames(source, rate, realtime)  # a missing file fails here, before a session exists
+        frames = self._frames(source, rate, realtime, speed)  # a missing file fails here, before a session exists
         session = await self.create_session(sample_rate=rate, mode=mode, hotwords=hotwords, chunk_size=chunk_size)
         ended = False
         try:
@@ -322,11 +297,13 @@ class AsyncClient:
 
     # ------------------------------------------------------------------------------------------ internals
 
-    def _frames(self, source: AudioSource, sample_rate: int, realtime: bool) -> AsyncIterator[bytes]:
+    def _frames(self, source: AudioSource, sample_rate: int, realtime: bool, speed: float) -> AsyncIterator[bytes]:
         if isinstance(source, _Frames):
             return source
         if sample_rate <= 0:
             raise ValueError("sample_rate must be positive")
+        if realtime and not speed > 0:
+            raise ValueError("speed must be positive")
         piece_ms = REALTIME_FRAME_MS if realtime else BULK_PIECE_MS
         return _Frames(open_source(source, sample_rate, sample_rate * piece_ms // 1000))
 
@@ -374,9 +351,9 @@ class AsyncClient:
                 continue
             if response.is_success:
                 return response.json() if response.content else None
-            wait = _retry_after(response)
+            wait = retry_after(response)
             if wait is None or time.monotonic() + wait > busy_until:
-                raise _api_error(response)
+                raise api_error(response)
             await asyncio.sleep(wait)
 
 
@@ -391,22 +368,3 @@ class _Frames(AsyncIterator[bytes]):
 
     async def __anext__(self) -> bytes:
         return await anext(self._frames)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """Seconds to wait before the same request, for a 429 or 503 that says so; None otherwise."""
-    if response.status_code not in (429, 503):
-        return None
-    try:
-        return max(0.0, float(response.headers["Retry-After"]))
-    except (KeyError, ValueError):
-        return None
-
-
-def _api_error(response: httpx.Response) -> APIError:
-    try:
-        error = response.json()["error"]
-        details = {k: v for k, v in error.items() if k not in ("code", "message")}
-        return APIError(response.status_code, str(error["code"]), str(error["message"]), details)
-    except (ValueError, KeyError, TypeError):
-        return APIError(response.status_code, "http_error", response.text[:200] or response.reason_phrase)

@@ -21,9 +21,10 @@ from typing import Any, TypeVar, cast
 
 import httpx
 
-from app.sdk.async_client import DEFAULT_URL, AsyncClient, Session
+from app.sdk.async_client import DEFAULT_URL, AsyncClient
 from app.sdk.audio import DEFAULT_SAMPLE_RATE, AudioSource, Frame
 from app.sdk.events import Event
+from app.sdk.session import Session
 
 T = TypeVar("T")
 
