@@ -159,15 +159,16 @@ async def _until(frames: AsyncIterator[bytes], stop: asyncio.Event) -> AsyncIter
 
 
 async def _stdin_frames(sample_rate: int) -> AsyncIterator[bytes]:
-    """Raw PCM from stdin in 100 ms frames, read by a daemon thread (a blocked read never holds up the exit)."""
+    """Raw PCM from stdin in frames of up to 100 ms, read by a daemon thread (a blocked read never holds up the
+    exit)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
     size = sample_rate * STDIN_FRAME_MS // 1000 * 2
-    stdin = sys.stdin.buffer
+    fd = sys.stdin.fileno()
 
-    def read() -> None:
+    def read() -> None:  # os.read, not sys.stdin.buffer: a read blocked at exit must hold no lock of the interpreter's
         try:
-            while chunk := stdin.read(size):
+            while chunk := os.read(fd, size):
                 loop.call_soon_threadsafe(queue.put_nowait, chunk)
         finally:
             loop.call_soon_threadsafe(queue.put_nowait, None)
