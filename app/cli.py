@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--model", help="model dir or name (default: the committed models/digits)")
     demo.add_argument("--speed", type=float, default=1.0, help="pace relative to real time (1.0 = real time)")
 
-    demo.add_argument("--log", type=Path, help="write the service's own log here (default: shown only on failure)")
+    demo.add_argument("--log", type=Path, help="write the service's own log here (default: a temporary file, named only on failure)")
 
     build = sub.add_parser("build", help="build the optimised encoder for PARASTREAM_BACKEND=onnx (else at first start)")
     build.add_argument("model", help="model dir or name")
