@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -305,7 +306,12 @@ async def create_transcription(request: Request, engine: EngineDep, settings: Se
     if params.stream:
         # Every model streams, whisper-1 too (OpenAI ignores stream=true for whisper-1): a client that asks for a
         # stream can read one. response_format does not apply to a stream.
-        return EventSourceResponse(_sse(run), ping=settings.sse_ping_s, send_timeout=settings.sse_send_timeout_s)
+        return EventSourceResponse(
+            _sse(run),
+            ping=settings.sse_ping_s,
+            send_timeout=settings.sse_send_timeout_s,
+            background=BackgroundTask(run.finish),  # a client gone before the stream began leaves nothing open
+        )
     events = await _unless_disconnected(request, run)
     if events is None:
         return Response(status_code=499)  # nobody is listening; the session was aborted
@@ -341,8 +347,15 @@ class _Run:
             await feed(self.engine, self.session.id, self.pcm, self.piece_bytes)
             self.engine.close(self.session.id)
         except EngineError:  # the session ended meanwhile (failed, shutting down): its terminal event says why
-            if self.session.state.holds_resources:
-                self.engine.abort(self.session.id)
+            self.abort()
+
+    def abort(self) -> None:
+        if self.session.state.holds_resources:
+            self.engine.abort(self.session.id)
+
+    async def finish(self) -> None:
+        """abort(), as a coroutine: Starlette would run a plain function in a thread, away from the engine's loop."""
+        self.abort()
 
     async def events(self) -> AsyncGenerator[Payload, None]:
         feeding = asyncio.create_task(self._feed())
@@ -352,8 +365,7 @@ class _Run:
             await feeding
         finally:
             feeding.cancel()
-            if self.session.state.holds_resources:
-                self.engine.abort(self.session.id)
+            self.abort()
 
 
 async def _unless_disconnected(request: Request, run: _Run) -> list[Payload] | None:
