@@ -119,9 +119,10 @@ class Connection:
     async def run(self, url_model: str | None) -> None:
         sender = asyncio.create_task(self._send_loop())
         try:
+            refused = self._set_url_model(url_model) if url_model else None
             self.send({"type": "session.created", "session": self.session_object()})
-            if url_model:
-                self._set_url_model(url_model)
+            if refused is not None:
+                self.error(refused.message, refused.code, "model")
             while True:
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
@@ -154,16 +155,16 @@ class Connection:
     ) -> None:
         self.send({"type": "error", "error": {**error_body(status, code, message, param), "event_id": event_id}})
 
-    def _set_url_model(self, model: str) -> None:
-        # The URL's `model` is, for OpenAI, the conversation model (gpt-realtime...): only one of our ids changes
-        # anything here; other names are ignored.
+    def _set_url_model(self, model: str) -> EngineError | None:
+        """The URL's `model` is, for OpenAI, the conversation model (gpt-realtime...): only one of our ids changes
+        anything here, other names are ignored. Returns why an unknown id of ours was refused."""
         try:
             pipeline = resolve_model(model, self.settings)
         except EngineError as exc:
-            self.error(exc.message, exc.code, "model")
-            return
+            return exc
         if model.startswith("parastream"):
             self.config = replace(self.config, model=model, pipeline=pipeline)
+        return None
 
     # --- client events ------------------------------------------------------------------------------------
 

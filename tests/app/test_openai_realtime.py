@@ -210,7 +210,10 @@ def test_bad_events_get_error_events_and_the_socket_stays(service: ServiceProces
                 answers.append(json.loads(await ws.recv()))
             await ws.send(json.dumps({"type": "session.update", "session": {"type": "transcription"}}))
             answers.append(json.loads(await ws.recv()))
-            return answers
+        async with websockets.connect(url + "&model=parastream-x") as ws:  # a typo in one of our ids, in the URL
+            created, refused = json.loads(await ws.recv()), json.loads(await ws.recv())
+            assert created["type"] == "session.created" and refused["error"]["code"] == "model_not_found"
+        return answers
 
     created, *errors, updated = asyncio.run(run())
     assert created["type"] == "session.created" and updated["type"] == "session.updated"
