@@ -117,8 +117,9 @@ def service_output_to(log_path: Path) -> Iterator[tuple[IO[str], IO[str]]]:
         os.dup2(saved[1], 2)
         for fd in saved:
             os.close(fd)
-        out.close()
-        err.close()
+        for stream in (out, err):
+            with contextlib.suppress(BrokenPipeError):  # the reader went away (`| head`)
+                stream.close()
 
 
 class ClipView:
@@ -182,11 +183,14 @@ async def run_demo(
         fd, name = tempfile.mkstemp(prefix="parastream-demo-", suffix=".log")
         os.close(fd)
         log_path = Path(name)
-    with service_output_to(log_path) as (out, err):
-        status = await _serve_and_stream(clips, model, speed, out, err)
-        if status != 0:
-            print(f"the service's log: {log_path}", file=err)
-            keep_log = True
+    try:
+        with service_output_to(log_path) as (out, err):
+            status = await _serve_and_stream(clips, model, speed, out, err)
+            if status != 0:
+                print(f"the service's log: {log_path}", file=err)
+                keep_log = True
+    except BrokenPipeError:  # the reader of the output went away (`| head`): stop quietly, as `yes | head` does
+        status = 141
     if not keep_log:
         log_path.unlink(missing_ok=True)
     return status
