@@ -286,7 +286,9 @@ class ServerProcess:
         return self.proc.returncode
 
     def kill(self) -> None:
-        """SIGKILL to whatever is left of the process group (nothing, after a clean stop), and reap the leader."""
+        """SIGKILL to whatever is left of the process group (nothing, after a clean stop), and reap the leader. Our
+        handle on the log closes with it (the log is read by name; an unclosed handle warns when collected)."""
+        self._log.close()
         if self.proc is None:
             return
         with contextlib.suppress(ProcessLookupError):
