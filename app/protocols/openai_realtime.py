@@ -17,7 +17,8 @@ How items map to sessions (docs/openai.md):
 - **Per commit** (no VAD, or `turn_detection: null`): the appends since the last commit go into one session; commit
   answers `committed` at once and closes it, and the session's final completes the item (its text: the streaming
   model's transcript online, the sentences joined in 2pass). The partials before that are the item's deltas.
-Audio times (`audio_start_ms`, `audio_end_ms`) count from the connection's first append, across sessions.
+Audio times (`audio_start_ms`, `audio_end_ms`) count from the connection's first append, across sessions, and a
+session's events go out only after the previous session's, so items complete in the order of their audio.
 
 A settings change (`session.update`) applies from the next engine session: at once when none is open, else after
 the next commit. Anything the client gets wrong is an `error` event and the connection stays up; a dropped
@@ -112,6 +113,7 @@ class Connection:
         self.segments: set[Segment] = set()  # every session not yet ended (committed ones still flush)
         self.samples = 0  # 24 kHz samples appended on this connection, cleared ones included: the audio clock
         self.last_item: str | None = None
+        self.last_relay: asyncio.Task[None] | None = None  # the newest session's relay: the next one waits for it
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     # --- the socket ---------------------------------------------------------------------------------------
@@ -235,7 +237,8 @@ class Connection:
         segment = Segment(session, self.samples * 1000 // RATE, per_sentence=config.vad(self.settings))
         if not segment.per_sentence:
             segment.item = _id("item")
-        segment.relay = asyncio.create_task(self._relay(segment))
+        segment.relay = asyncio.create_task(self._relay(segment, self.last_relay))
+        self.last_relay = segment.relay
         self.current = segment
         self.segments.add(segment)
         return segment
@@ -358,8 +361,12 @@ class Connection:
 
     # --- engine events -> server events -------------------------------------------------------------------
 
-    async def _relay(self, segment: Segment) -> None:
+    async def _relay(self, segment: Segment, previous: asyncio.Task[None] | None) -> None:
+        """Relays the session's events once the previous session's are all out: sessions may run on different
+        workers, and the one a commit closed is still flushing its last sentence when the next one starts."""
         try:
+            if previous is not None:
+                await asyncio.wait({previous})
             async for event in segment.session.follow():
                 match event.payload:
                     case Partial(text=text) if text:
