@@ -21,6 +21,7 @@ from app.audio_file import decode_audio
 from app.client import ParastreamClient, TranscriptEvent
 from app.main import create_app
 from benchmarks.audio import synth_sentences
+from engine.errors import ServiceFull
 from engine.settings import Settings
 from tests.audio import synth_speechlike
 from tests.harness import ServiceProcess
@@ -224,12 +225,15 @@ def test_bad_requests_are_openai_shaped_4xx(service: ServiceProcess) -> None:
 
 
 class _IdleEngine:
-    """Enough of an engine for requests refused before any session is made."""
+    """Enough of an engine for requests refused before any session is made, and for a full service."""
 
     started = True
 
     async def stop(self) -> None:
         return None
+
+    def create_session(self, *args: Any) -> None:
+        raise ServiceFull("64 sessions are open (PARASTREAM_MAX_SESSIONS)", retry_after_s=5)
 
 
 def test_an_upload_over_the_limit_is_413_while_reading() -> None:
@@ -249,3 +253,12 @@ def test_an_upload_over_the_limit_is_413_while_reading() -> None:
         ):
             _openai_error(answer, 413, "payload_too_large", "file")
             assert answer.json()["error"]["limit"] == 10_000
+
+
+def test_a_full_service_is_503_with_retry_after() -> None:
+    """OpenAI's SDK waits for Retry-After and tries again."""
+    app = create_app(Settings(_env_file=None), engine=_IdleEngine())
+    with TestClient(app) as client:
+        answer = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav(synth_speechlike(0.5, seed=3)))})
+    _openai_error(answer, 503, "service_full")
+    assert answer.headers["retry-after"] == "5"
