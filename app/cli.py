@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="serve the trained demo model, stream clips through it at real-time pace")
     what = demo.add_mutually_exclusive_group()
     what.add_argument("--say", help="digits to synthesise with espeak-ng and transcribe (e.g. '3 1 4' or 三一四)")
-    what.add_argument("--wav", type=Path, help="a 16-bit mono WAV to stream instead of the committed clips")
+    what.add_argument("--wav", type=Path, help="an audio file (WAV, FLAC, OGG) to stream instead of the committed clips")
     demo.add_argument("--model", help="model dir or name (default: the committed models/digits)")
     demo.add_argument("--speed", type=float, default=1.0, help="pace relative to real time (1.0 = real time)")
 
