@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import re
+import signal
 import wave
 from pathlib import Path
 from typing import Any
@@ -312,3 +314,43 @@ def test_dropped_socket_aborts_its_session(service: ServiceProcess) -> None:
         raise AssertionError("the dropped socket's session is still there")
 
     asyncio.run(run())
+
+
+def test_worker_killed_mid_utterance_changes_no_word(service: ServiceProcess) -> None:
+    """Recovery applies to a WebSocket session as to any: its worker is SIGKILLed mid-utterance, the session carries
+    over, and the client's joined text is still the REST transcript of the same audio."""
+    name = f"crash-{np.random.default_rng().integers(1 << 30)}"
+    pcm = synth_speechlike(6.0, seed=67)
+    frame = 1920  # FunASR's Python client's 60 ms frames, sent at twice real time
+
+    def session_id() -> str | None:
+        found = re.search(rf"FunASR WebSocket session ([0-9a-f]{{32}}): .*'{name}'", service.log(tail=10**9))
+        return found.group(1) if found else None
+
+    async def run() -> tuple[list[dict[str, Any]], dict[str, Any], list[TranscriptEvent]]:
+        async with websockets.connect(ws_url(service), subprotocols=["binary"]) as ws, httpx.AsyncClient(
+            base_url=service.base_url
+        ) as http:
+            await ws.send(json.dumps({"mode": "online", "wav_name": name, "is_speaking": True}))
+            body = pcm.astype("<i2").tobytes()
+            killed, sid = False, None
+            for start in range(0, len(body), frame):
+                await ws.send(body[start : start + frame])
+                await asyncio.sleep(0.03)
+                sid = sid or session_id()
+                if not killed and sid is not None:
+                    info = (await http.get(f"/v1/sessions/{sid}")).json()
+                    if info["samples_processed"] >= 2 * 16000:  # strides done: the worker holds a cache
+                        worker = next(w for w in service.workers() if w["slot"] == info["worker"])
+                        os.kill(worker["pid"], signal.SIGKILL)
+                        killed = True
+            assert killed, "the utterance ended before its worker could be killed"
+            await ws.send(json.dumps({"is_speaking": False}))
+            messages = await read_until_final(ws, 60)
+            info = (await http.get(f"/v1/sessions/{sid}")).json()
+        return messages, info, await rest_events(service, pcm, mode="online")
+
+    messages, info, rest = asyncio.run(run())
+    assert info["restores"] >= 1
+    assert_one_final_at_the_end(messages, name)
+    assert "".join(m["text"] for m in messages) == rest[-1].data["text"]
