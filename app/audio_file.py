@@ -18,8 +18,6 @@ import numpy.typing as npt
 import soundfile  # type: ignore[import-untyped]
 import soxr
 
-from engine.units import SAMPLE_RATE
-
 FORMATS = "WAV, FLAC, OGG (Vorbis, Opus), MP3, AIFF"
 
 
@@ -27,7 +25,7 @@ class UndecodableAudio(ValueError):
     """The bytes are no audio file libsndfile reads; the message says what libsndfile said."""
 
 
-def decode_audio(file: IO[bytes], sample_rate: int = SAMPLE_RATE) -> npt.NDArray[np.int16]:
+def decode_audio(file: IO[bytes], sample_rate: int) -> npt.NDArray[np.int16]:
     """The file's audio as int16 mono samples at `sample_rate`: channels averaged, resampled with soxr (HQ)."""
     try:
         data, rate = soundfile.read(file, dtype="float32", always_2d=True)

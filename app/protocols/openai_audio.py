@@ -240,7 +240,7 @@ async def _decode(form: FormData) -> npt.NDArray[np.int16]:
             400, "invalid_value", "`file` is required: the audio file, as a multipart file part", param="file"
         )
     try:
-        pcm = await asyncio.to_thread(decode_audio, upload.file)  # decoding and resampling take a while: off the loop
+        pcm = await asyncio.to_thread(decode_audio, upload.file, SAMPLE_RATE)  # decoding and resampling take a while: off the loop
     except UndecodableAudio as exc:
         raise HTTPError(415, "unsupported_audio_format", str(exc), param="file") from exc
     if len(pcm) < MIN_AUDIO_SAMPLES:

@@ -22,8 +22,11 @@ from typing import Any, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from app.audio_file import decode_audio, float_to_int16
+
 DEFAULT_SAMPLE_RATE = 16_000
-# The rates a session takes (docs/api.md); the service resamples to 16 kHz on arrival.
+# The rates a session takes (docs/api.md; engine/audio.py's SUPPORTED_SAMPLE_RATES, not imported: the client side
+# loads no engine module). The service resamples to 16 kHz on arrival.
 SAMPLE_RATES = (8_000, 16_000, 24_000)
 
 Frame: TypeAlias = bytes | bytearray | memoryview | npt.NDArray[Any]
@@ -40,22 +43,10 @@ AudioSource: TypeAlias = (
 
 
 def load_audio(path: str | os.PathLike[str], sample_rate: int = DEFAULT_SAMPLE_RATE) -> npt.NDArray[np.int16]:
-    """The file's audio as int16 mono samples at `sample_rate` (mixed down and resampled as needed)."""
-    import soundfile as sf  # type: ignore[import-untyped]
-
-    data, rate = sf.read(os.fspath(path), dtype="float32", always_2d=True)
-    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    if rate != sample_rate and len(mono):
-        import soxr
-
-        mono = soxr.resample(mono, rate, sample_rate)
-    return float_to_int16(mono)
-
-
-def float_to_int16(samples: npt.NDArray[Any]) -> npt.NDArray[np.int16]:
-    """[-1, 1] floats to int16 (the inverse of libsndfile's int16 -> float, so int16 files round-trip exactly)."""
-    scaled = np.round(np.asarray(samples, dtype=np.float64) * 32768.0)
-    return np.clip(scaled, -32768, 32767).astype(np.int16)
+    """The file's audio as int16 mono samples at `sample_rate`, decoded as the service decodes an upload
+    (app/audio_file.py: channels averaged, soxr); a file it cannot read raises UndecodableAudio (a ValueError)."""
+    with open(path, "rb") as file:
+        return decode_audio(file, sample_rate)
 
 
 def pcm_bytes(frame: Frame) -> bytes:
