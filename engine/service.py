@@ -154,7 +154,13 @@ class Engine:
         return Mode.TWO_PASS if self.settings.sentences_enabled else Mode.ONLINE
 
     def create_session(
-        self, sample_rate: int, options: StreamOptions, pipeline: PipelineOptions | None = None
+        self,
+        sample_rate: int,
+        options: StreamOptions,
+        pipeline: PipelineOptions | None = None,
+        *,
+        protocol: str = "rest",
+        owner: str | None = None,
     ) -> Session:
         pipeline = pipeline if pipeline is not None else PipelineOptions(self.default_mode())
         if sample_rate not in SUPPORTED_SAMPLE_RATES:
@@ -184,6 +190,8 @@ class Engine:
             sample_rate,
             ring,
             pipeline=pipeline,
+            protocol=protocol,
+            owner=owner,
             resampler=resampler_for(sample_rate),
             history=self.settings.event_history,
         )

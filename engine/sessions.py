@@ -56,6 +56,8 @@ class Session:
     tokens: list[str] = field(default_factory=list)
     stride_texts: list[str] = field(default_factory=list)  # each partial's text, in order
     pipeline: PipelineOptions = PipelineOptions()
+    protocol: str = "rest"  # the door it came in by: rest | funasr_ws | openai | openai_realtime (metrics, logs)
+    owner: str | None = None  # who may see it: the creating API key's identity (app/auth.py), never the key itself
     sentences: list[Sentence] = field(default_factory=list)  # 2pass/offline: each sentence, in order
     transcript: str | None = None  # the final's whole-session text
     close_reason: str = ""

@@ -110,6 +110,56 @@ class Settings(BaseSettings):
         1000, ge=1, description="Events kept per session for SSE resume; an older resume point is reported as a gap."
     )
 
+    # --- access (docs/operations.md) ---
+    api_keys: str = Field(
+        "",
+        description=(
+            "Keys that may use the service: comma-separated, or @path to a file of them (one per line or "
+            "comma-separated). Empty: no key is needed. Set: every /v1 route and WebSocket needs one (HTTP: "
+            "Authorization: Bearer; WebSocket: that header or ?api_key=), and a session answers only its creator's key."
+        ),
+    )
+    admin_keys: str = Field(
+        "",
+        description=(
+            "Keys (same forms) that may also use the operator routes (/v1/workers, migrate); they are API keys too. "
+            "Empty with API keys set: nobody may."
+        ),
+    )
+    metrics_public: bool = Field(
+        False, description="With API keys set, /metrics needs an admin key unless this is true (probes stay open)."
+    )
+    cors_origins: str = Field(
+        "",
+        description="Comma-separated origins other pages may call the API from (* for any); the service's own page "
+        "is same-origin and needs none. Empty: none.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: readable lines; json: one JSON object per line (session id and protocol as fields)."
+    )
+
+    # --- limits ---
+    max_sessions_per_key: int = Field(
+        16, ge=1, description="Open sessions one API key may hold at once (with keys set); past it 429."
+    )
+    max_appends_per_s: float = Field(
+        50.0, gt=0, description="Appends (or WebSocket audio messages) per second one session may send; past it 429."
+    )
+    max_session_s: float = Field(
+        8 * 3600.0, gt=0, description="Longest a session may last (a long meeting fits); then it is closed and finalised."
+    )
+    max_ws_message_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest WebSocket message taken (FunASR's and OpenAI realtime's); larger closes 1009."
+    )
+    max_discard_bytes: int = Field(
+        1_048_576,
+        ge=0,
+        description=(
+            "After refusing a request body (413), read and discard up to this much of it, for at most 2 s, so that a "
+            "client still sending reads the answer instead of a connection reset (nginx's lingering close)."
+        ),
+    )
+
     # --- SSE ---
     sse_ping_s: float = Field(15.0, gt=0, description="Keep-alive comment interval on event streams.")
     sse_send_timeout_s: float = Field(

@@ -206,7 +206,9 @@ class Connection:
         try:
             mode = config.mode or self.engine.default_mode()
             pipeline = PipelineOptions(mode, config.hotwords)
-            session = self.engine.create_session(config.audio_fs, config.stream_options(), pipeline)
+            session = self.engine.create_session(
+                config.audio_fs, config.stream_options(), pipeline, protocol="funasr_ws"
+            )
         except BaseException:
             self.slots.release()
             raise

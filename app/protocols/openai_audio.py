@@ -301,7 +301,7 @@ async def create_transcription(request: Request, engine: EngineDep, settings: Se
         await form.close()
     mode = transcription_mode(params.model, settings)
     options = StreamOptions()  # the REST API's defaults: chunk_size [0, 10, 5], look-backs 4 and 1
-    session = engine.create_session(SAMPLE_RATE, options, PipelineOptions(mode, params.hotwords))
+    session = engine.create_session(SAMPLE_RATE, options, PipelineOptions(mode, params.hotwords), protocol="openai")
     run = _Run(engine, session, pcm.tobytes(), settings.max_append_bytes)
     if params.stream:
         # Every model streams, whisper-1 too (OpenAI ignores stream=true for whisper-1): a client that asks for a

@@ -233,7 +233,9 @@ class Connection:
         config = self.config
         mode = config.mode(self.settings)
         hotwords = hotwords_for(config.prompt, config.keywords) if mode.sentences else ""
-        session = self.engine.create_session(RATE, StreamOptions(), PipelineOptions(mode, hotwords))
+        session = self.engine.create_session(
+            RATE, StreamOptions(), PipelineOptions(mode, hotwords), protocol="openai_realtime"
+        )
         segment = Segment(session, self.samples * 1000 // RATE, per_sentence=config.vad(self.settings))
         if not segment.per_sentence:
             segment.item = _id("item")
