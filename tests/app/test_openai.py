@@ -232,7 +232,7 @@ class _IdleEngine:
     async def stop(self) -> None:
         return None
 
-    def create_session(self, *args: Any) -> None:
+    def create_session(self, *args: Any, **kwargs: Any) -> None:  # protocol=, owner=
         raise ServiceFull("64 sessions are open (PARASTREAM_MAX_SESSIONS)", retry_after_s=5)
 
 
