@@ -109,6 +109,7 @@ async def _serve(overrides: dict[str, object]) -> int:
     import uvicorn
     from pydantic import ValidationError
 
+    from app.auth import AccessConfigError
     from app.main import create_app
     from engine.errors import EngineBootError
     from engine.service import Engine
@@ -123,6 +124,11 @@ async def _serve(overrides: dict[str, object]) -> int:
         return 2
     engine = Engine(settings)
     try:
+        app = create_app(settings, engine)  # reads the API key files: a bad one is reported before the model loads
+    except AccessConfigError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    try:
         await engine.start()  # load the model before opening the port; a failure is reported, not served
     except EngineBootError as exc:
         log.error("cannot start: %s", exc)
@@ -130,7 +136,6 @@ async def _serve(overrides: dict[str, object]) -> int:
         return 2
     from app.server import DrainingServer, listening_socket
 
-    app = create_app(settings, engine)
     # The drain takes most of the grace; uvicorn gets a second for connections still open after it.
     drain_s = max(0.0, settings.shutdown_grace_s - 1.0)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=1, log_level="info")

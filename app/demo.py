@@ -197,7 +197,8 @@ async def run_demo(
 
 
 async def _serve_and_stream(clips: list[Clip], model: str | None, speed: float, out: IO[str], err: IO[str]) -> int:
-    settings = Settings(model=model or str(DEMO_MODEL_DIR), port=_free_port(), workers=0)
+    # Its own client on a private port: keys set for `parastream serve` (environment, .env) do not apply.
+    settings = Settings(model=model or str(DEMO_MODEL_DIR), port=_free_port(), workers=0, api_keys="", admin_keys="")
     engine = Engine(settings)
     try:
         await engine.start()

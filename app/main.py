@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app import errors
+from app import auth, errors
 from app.protocols import funasr_ws, openai_audio, openai_realtime
 from app.routes import events, health, page, sessions
 from engine.service import Engine
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     )
     app.state.settings = settings
     errors.install(app)
+    auth.install(app, settings)  # keys, 401s, CORS (docs/operations.md)
     app.include_router(sessions.router)
     app.include_router(events.router)
     app.include_router(health.router)

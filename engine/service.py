@@ -202,9 +202,10 @@ class Engine:
         metrics.SESSIONS_OPEN.set(self.open_sessions())
         return session
 
-    def get(self, session_id: str) -> Session:
+    def get(self, session_id: str, owner: str | None = None) -> Session:
+        """The session; with `owner`, only if it is that owner's: another's is not found, exactly as an unknown id."""
         session = self.sessions.get(session_id)
-        if session is None:
+        if session is None or (owner is not None and session.owner != owner):
             raise SessionNotFound(f"no session {session_id}")
         return session
 
