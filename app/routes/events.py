@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Header
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from app.auth import events_access
 from app.deps import get_engine, get_settings
 from app.errors import HTTPError
 from app.routes.sessions import ERRORS
@@ -28,7 +29,8 @@ from engine.service import Engine
 from engine.sessions import Session
 from engine.settings import Settings
 
-router = APIRouter(prefix="/v1/sessions", tags=["events"])
+# A key where keys are set (Bearer, or ?api_key= for EventSource), and the session must be the caller's (app/auth.py).
+router = APIRouter(prefix="/v1/sessions", tags=["events"], dependencies=[Depends(events_access)])
 
 
 @router.get(

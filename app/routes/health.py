@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.auth import require_admin, require_metrics
 from app.deps import get_engine
 from app.schemas import Readiness, WorkerInfo
 from engine.service import Engine
@@ -29,7 +30,7 @@ async def readyz(engine: Annotated[Engine, Depends(get_engine)]) -> JSONResponse
     return JSONResponse(body.model_dump(), status_code=200 if engine.ready else 503, headers=headers)
 
 
-@router.get("/v1/workers")
+@router.get("/v1/workers", dependencies=[Depends(require_admin)])  # operators only, where keys are set
 async def workers(engine: Annotated[Engine, Depends(get_engine)]) -> list[WorkerInfo]:
     """Each worker slot: pid, device, cores, sessions placed, and the cache bytes it last reported."""
     return _workers(engine)
@@ -39,6 +40,6 @@ def _workers(engine: Engine) -> list[WorkerInfo]:
     return [WorkerInfo.from_view(view) for view in engine.workers()]
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(require_metrics)])  # an admin key unless PARASTREAM_METRICS_PUBLIC
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

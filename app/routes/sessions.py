@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
+from app.auth import SessionCallerDep, require_admin, session_access
 from app.body import read_pcm_body
 from app.deps import get_engine, get_settings
 from app.schemas import AppendResult, ErrorResponse, MigrateRequest, MigrateResult, SessionCreate, SessionInfo
@@ -14,7 +15,9 @@ from engine.messages import Mode, PipelineOptions
 from engine.service import Engine, validate_options
 from engine.settings import Settings
 
-router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+# Every route needs a key where keys are set, and one that names a session answers 404 unless it is the caller's
+# (app/auth.py).
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"], dependencies=[Depends(session_access)])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 415, 422, 429, 503)
@@ -25,13 +28,16 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 @router.post("", status_code=201, response_model=SessionInfo, responses=ERRORS)
-async def create_session(engine: EngineDep, body: Annotated[SessionCreate | None, Body()] = None) -> SessionInfo:
+async def create_session(
+    engine: EngineDep, caller: SessionCallerDep, body: Annotated[SessionCreate | None, Body()] = None
+) -> SessionInfo:
     """Open a session on the least-loaded worker. 503 with Retry-After when PARASTREAM_MAX_SESSIONS are open; 422
     for a mode the service has no models for."""
     body = body or SessionCreate()
     options = validate_options(body.chunk_size, body.encoder_chunk_look_back, body.decoder_chunk_look_back)
     mode = Mode(body.mode) if body.mode is not None else engine.default_mode()
-    session = engine.create_session(body.sample_rate, options, PipelineOptions(mode, normalize_hotwords(body.hotwords)))
+    pipeline = PipelineOptions(mode, normalize_hotwords(body.hotwords))
+    session = engine.create_session(body.sample_rate, options, pipeline, owner=caller.owner)
     return SessionInfo.from_view(engine.view(session.id))
 
 
@@ -80,7 +86,13 @@ async def close_session(session_id: str, engine: EngineDep) -> SessionInfo:
     return SessionInfo.from_view(engine.view(session_id))
 
 
-@router.post("/{session_id}/migrate", status_code=202, response_model=MigrateResult, responses=ERRORS)
+@router.post(
+    "/{session_id}/migrate",
+    status_code=202,
+    response_model=MigrateResult,
+    responses=ERRORS,
+    dependencies=[Depends(require_admin)],  # after the router's: another key's session is 404, not 403
+)
 async def migrate_session(
     session_id: str, engine: EngineDep, body: Annotated[MigrateRequest | None, Body()] = None
 ) -> dict[str, object]:
