@@ -45,6 +45,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from app import auth
 from app.protocols.funasr_ws_options import Config, ProtocolError, parse_text, strip_wav_header
 from engine.errors import EngineError, NotReady, ServiceFull, SessionNotFound, SessionNotOpen
 from engine.events import ErrorCode, Failure, Final, Partial, Sentence
@@ -98,13 +99,18 @@ class Utterance:
 async def funasr_websocket(websocket: WebSocket) -> None:
     # FunASR's Python clients and funasr-client offer the subprotocol `binary`; its HTML5 page and C++ clients none.
     offered = websocket.scope.get("subprotocols") or []
+    caller = auth.websocket_caller(websocket)  # FunASR's clients send no headers: `ws://HOST:PORT/?api_key=KEY`
     await websocket.accept(subprotocol="binary" if "binary" in offered else None)
-    await Connection(websocket, websocket.app.state.engine, websocket.app.state.settings).run()
+    if caller is None:  # nothing is sent but the close (app/auth.py)
+        await auth.refuse(websocket)
+        return
+    await Connection(websocket, websocket.app.state.engine, websocket.app.state.settings, caller.owner).run()
 
 
 class Connection:
-    def __init__(self, websocket: WebSocket, engine: Engine, settings: Settings) -> None:
+    def __init__(self, websocket: WebSocket, engine: Engine, settings: Settings, owner: str | None = None) -> None:
         self.websocket = websocket
+        self.owner = owner  # the key's identity its sessions belong to (app/auth.py)
         self.engine = engine
         self.settings = settings
         self.config: Config | None = None  # none until the first text message
@@ -207,7 +213,7 @@ class Connection:
             mode = config.mode or self.engine.default_mode()
             pipeline = PipelineOptions(mode, config.hotwords)
             session = self.engine.create_session(
-                config.audio_fs, config.stream_options(), pipeline, protocol="funasr_ws"
+                config.audio_fs, config.stream_options(), pipeline, protocol="funasr_ws", owner=self.owner
             )
         except BaseException:
             self.slots.release()

@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.audio_file import UndecodableAudio, decode_audio
+from app.auth import CallerDep, require_key
 from app.deps import get_engine, get_settings
 from app.errors import STATUS, HTTPError
 from app.protocols import openai_formats as formats
@@ -73,9 +74,11 @@ class OpenAIRoute(APIRoute):
                 status = exc.status if isinstance(exc, HTTPError) else STATUS.get(type(exc), 400)
                 details = dict(exc.details)
                 param = details.pop("param", None)
-                return error_response(
+                response = error_response(
                     _openai_status(status), exc.code, exc.message, exc.retry_after_s, param=param, **details
                 )
+                response.headers.update(getattr(exc, "headers", {}))  # a 401's WWW-Authenticate (app/auth.py)
+                return response
             except RequestValidationError as exc:
                 first = exc.errors()[0] if exc.errors() else {}
                 loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
@@ -91,7 +94,8 @@ def _openai_status(status: int) -> int:
     return 400 if status == 422 else status  # OpenAI answers a bad parameter with 400, never 422
 
 
-router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
+# A key where keys are set: `Authorization: Bearer`, as OpenAI's SDK sends its api_key (app/auth.py).
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute, dependencies=[Depends(require_key)])
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -290,7 +294,7 @@ async def _decode(form: FormData) -> npt.NDArray[np.int16]:
         }
     },
 )
-async def create_transcription(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
+async def create_transcription(request: Request, engine: EngineDep, settings: SettingsDep, caller: CallerDep) -> Response:
     """OpenAI's `audio.transcriptions.create`. The file may be WAV, FLAC, OGG, MP3... at any rate and channel count
     (415 for what cannot be decoded); it is transcribed by the best pipeline served, or the one `model` names."""
     form = await _read_form(request, settings.max_upload_bytes)
@@ -301,7 +305,8 @@ async def create_transcription(request: Request, engine: EngineDep, settings: Se
         await form.close()
     mode = transcription_mode(params.model, settings)
     options = StreamOptions()  # the REST API's defaults: chunk_size [0, 10, 5], look-backs 4 and 1
-    session = engine.create_session(SAMPLE_RATE, options, PipelineOptions(mode, params.hotwords), protocol="openai")
+    pipeline = PipelineOptions(mode, params.hotwords)
+    session = engine.create_session(SAMPLE_RATE, options, pipeline, protocol="openai", owner=caller.owner)
     run = _Run(engine, session, pcm.tobytes(), settings.max_append_bytes)
     if params.stream:
         # Every model streams, whisper-1 too (OpenAI ignores stream=true for whisper-1): a client that asks for a

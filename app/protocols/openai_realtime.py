@@ -40,6 +40,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from app import auth
 from app.protocols.openai_common import error_body, hotwords_for, realtime_mode, resolve_model
 from engine.errors import EngineError, SessionNotOpen
 from engine.events import Failure, Final, Partial, Sentence
@@ -102,8 +103,11 @@ class Segment:
 
 
 class Connection:
-    def __init__(self, websocket: WebSocket, engine: Engine, settings: Settings, beta: bool) -> None:
+    def __init__(
+        self, websocket: WebSocket, engine: Engine, settings: Settings, beta: bool, owner: str | None = None
+    ) -> None:
         self.ws = websocket
+        self.owner = owner  # the key's identity its sessions belong to (app/auth.py)
         self.engine = engine
         self.settings = settings
         self.beta = beta  # `OpenAI-Beta: realtime=v1`: session events in the beta's shape
@@ -234,7 +238,7 @@ class Connection:
         mode = config.mode(self.settings)
         hotwords = hotwords_for(config.prompt, config.keywords) if mode.sentences else ""
         session = self.engine.create_session(
-            RATE, StreamOptions(), PipelineOptions(mode, hotwords), protocol="openai_realtime"
+            RATE, StreamOptions(), PipelineOptions(mode, hotwords), protocol="openai_realtime", owner=self.owner
         )
         segment = Segment(session, self.samples * 1000 // RATE, per_sentence=config.vad(self.settings))
         if not segment.per_sentence:
@@ -475,6 +479,11 @@ async def realtime(websocket: WebSocket) -> None:
     engine: Engine = websocket.app.state.engine
     settings: Settings = websocket.app.state.settings
     offered = websocket.scope.get("subprotocols") or []
+    caller = auth.websocket_caller(websocket)  # OpenAI's SDK sends `Authorization: Bearer <api_key>`
     await websocket.accept(subprotocol="realtime" if "realtime" in offered else None)  # browsers' JS SDK offers it
+    if caller is None:  # an `error` event, as OpenAI sends for a wrong key, then the close (app/auth.py)
+        error = {**error_body(401, "unauthorized", auth.UNAUTHORIZED), "event_id": None}
+        await auth.refuse(websocket, json.dumps({"type": "error", "event_id": _id("event"), "error": error}))
+        return
     beta = websocket.headers.get("openai-beta", "").startswith("realtime=v1")
-    await Connection(websocket, engine, settings, beta).run(websocket.query_params.get("model"))
+    await Connection(websocket, engine, settings, beta, caller.owner).run(websocket.query_params.get("model"))
