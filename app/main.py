@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import auth, errors
+from app.body import LingeringClose
 from app.protocols import funasr_ws, openai_audio, openai_realtime
 from app.routes import events, health, page, sessions
 from engine.service import Engine
@@ -38,6 +39,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     )
     app.state.settings = settings
     errors.install(app)
+    # A refused body is read (a bounded amount) before the answer, so the client can read it (app/body.py).
+    app.add_middleware(LingeringClose, max_bytes=settings.max_discard_bytes)
     auth.install(app, settings)  # keys, 401s, CORS (docs/operations.md)
     app.include_router(sessions.router)
     app.include_router(events.router)

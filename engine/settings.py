@@ -152,11 +152,12 @@ class Settings(BaseSettings):
         1_048_576, ge=1024, description="Largest WebSocket message taken (FunASR's and OpenAI realtime's); larger closes 1009."
     )
     max_discard_bytes: int = Field(
-        1_048_576,
+        134_217_728,
         ge=0,
         description=(
-            "After refusing a request body (413), read and discard up to this much of it, for at most 2 s, so that a "
-            "client still sending reads the answer instead of a connection reset (nginx's lingering close)."
+            "After refusing a request body (413, or any answer given before the body was read), read and discard up "
+            "to this much of it, for at most 2 s, so that a client still sending reads the answer instead of a "
+            "connection reset (nginx's lingering close). 128 MiB: more than the largest upload taken; 0: never."
         ),
     )
 
