@@ -138,7 +138,16 @@ async def _serve(overrides: dict[str, object]) -> int:
 
     # The drain takes most of the grace; uvicorn gets a second for connections still open after it.
     drain_s = max(0.0, settings.shutdown_grace_s - 1.0)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=1, log_level="info")
+    # ws_max_size: a WebSocket message over PARASTREAM_MAX_WS_MESSAGE_BYTES closes the connection with 1009 and a
+    # reason naming the size and the limit (uvicorn's default would be 16 MiB).
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=1,
+        log_level="info",
+        ws_max_size=settings.max_ws_message_bytes,
+    )
     sock = listening_socket(settings.host, settings.port, settings.send_buffer_bytes)
     if sock is not None:  # uvicorn announces only the sockets it binds itself
         log.info("listening on %s:%d, send buffer %d bytes", settings.host, settings.port, settings.send_buffer_bytes)
