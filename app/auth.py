@@ -10,8 +10,8 @@
   much of a key was right, or on its length. A missing key and a wrong key get the same 401 body.
 - **Identity.** A session's owner is `key_` and 16 hex digits of a SHA-256 of the key under a label of its own
   (not the digest compared above): what Session.owner holds, and what logs and metrics may show. The key itself is
-  stored nowhere but in the app's key list, and never logged (engine/logs.py redacts `api_key=` from uvicorn's
-  lines, which print the query string).
+  stored nowhere but in the app's key list, and never logged: uvicorn's access and WebSocket lines print the query
+  string, so `RedactKeys` takes `api_key=` out of them.
 - **Where a key is read.** HTTP: `Authorization: Bearer <key>` only, except on `GET /v1/sessions/{id}/events`,
   which also takes `?api_key=` because a browser's EventSource cannot set headers. Nowhere else, since a key in a
   URL ends up in proxies' logs and browsers' history. WebSockets: the header, `?api_key=` (FunASR's clients cannot
@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,15 +265,34 @@ async def _unauthorized(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+_KEY_IN_URL = re.compile(r"(api(?:_|%5f)key=)[^&\s\"']+", re.IGNORECASE)
+
+
+class RedactKeys(logging.Filter):
+    """`?api_key=` out of uvicorn's access and WebSocket lines, which log each path with its query (on uvicorn's own
+    loggers, so it holds whatever handlers the logging setup gives them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):  # uvicorn's access formatter unpacks the arguments: redact in place
+            record.args = tuple(_KEY_IN_URL.sub(r"\1REDACTED", a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = _KEY_IN_URL.sub(r"\1REDACTED", record.msg)
+        return True
+
+
 def cors_origins(settings: Settings) -> list[str]:
     return [origin.strip().rstrip("/") for origin in settings.cors_origins.split(",") if origin.strip()]
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    """Read the keys (AccessConfigError if they cannot be used), answer 401s with WWW-Authenticate, and allow the
-    configured origins."""
+    """Read the keys (AccessConfigError if they cannot be used), answer 401s with WWW-Authenticate, keep `?api_key=`
+    out of uvicorn's lines, and allow the configured origins."""
     app.state.access = Access.from_settings(settings)
     app.add_exception_handler(Unauthorized, _unauthorized)
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactKeys) for f in logger.filters):
+            logger.addFilter(RedactKeys())
     origins = cors_origins(settings)
     if origins:
         app.add_middleware(

@@ -12,6 +12,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import HTTPError
+from engine import metrics
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ async def read_pcm_body(request: Request, limit: int) -> bytes:
 
 
 def _too_large(limit: int) -> HTTPError:
+    metrics.reject("payload_too_large")
     return HTTPError(
         413, "payload_too_large", f"audio body over {limit} bytes (PARASTREAM_MAX_APPEND_BYTES); split it", limit=limit
     )

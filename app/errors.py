@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engine import metrics
 from engine.errors import (
     BufferFull,
     EngineError,
@@ -63,6 +64,8 @@ def error_response(status: int, code: str, message: str, retry_after_s: float | 
 
 async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, EngineError)
+    if isinstance(exc, BufferFull):  # a REST append (the WebSocket protocols wait for room instead: engine/feed.py)
+        metrics.reject(exc.code)
     status = exc.status if isinstance(exc, HTTPError) else STATUS.get(type(exc), 400)
     return error_response(status, exc.code, exc.message, exc.retry_after_s, **exc.details)
 

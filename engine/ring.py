@@ -101,6 +101,18 @@ def list_segments() -> list[str]:
         return []
 
 
+def owned_bytes(owner_pid: int | None = None) -> int:
+    """Sizes of this owner's segments: its rings and the snapshots workers save beside them (tmpfs allocates their
+    pages as they are written, so the memory they hold can be less)."""
+    prefix = f"{SEGMENT_PREFIX}{owner_pid or os.getpid()}_"
+    total = 0
+    for name in list_segments():
+        if name.startswith(prefix):
+            with contextlib.suppress(FileNotFoundError):  # unlinked meanwhile
+                total += os.stat(os.path.join(_SHM_DIR, name)).st_size
+    return total
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -16,6 +16,7 @@ import secrets
 import time
 
 import numpy as np
+from prometheus_client import Histogram
 
 from engine import metrics
 from engine.audio import SUPPORTED_SAMPLE_RATES, check_pcm, resampler_for
@@ -91,6 +92,7 @@ class Engine:
         if self.settings.rebalance_interval_s > 0:
             self._balancer = asyncio.create_task(self._balance_loop())
         self.accepting = True
+        metrics.watch(self)
 
     async def wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -138,6 +140,7 @@ class Engine:
             if session.state.holds_resources:
                 self._fail(session, ErrorCode.SHUTDOWN, "the server is shutting down")
         await self.supervisor.stop()
+        metrics.unwatch(self)
         sweep_segments()  # anything this process still owns
 
     @property
@@ -171,15 +174,16 @@ class Engine:
                 "PARASTREAM_OFFLINE_MODEL configured, so only mode online is served"
             )
         if not self.accepting:
+            metrics.reject("not_ready")
             raise NotReady("the server is not accepting sessions (starting or shutting down)", retry_after_s=5)
         if self.open_sessions() >= self.settings.max_sessions:
-            metrics.SESSIONS_REJECTED.labels("full").inc()
+            metrics.reject("service_full")
             raise ServiceFull(
                 f"{self.settings.max_sessions} sessions are open (PARASTREAM_MAX_SESSIONS)", retry_after_s=5
             )
         slot = self.placement.choose()
         if slot is None:
-            metrics.SESSIONS_REJECTED.labels("not_ready").inc()
+            metrics.reject("not_ready")
             raise NotReady(self.supervisor.halt_reason or "no worker is ready yet", retry_after_s=2)
         session_id = secrets.token_hex(16)  # 128 random bits
         s = self.settings
@@ -228,6 +232,25 @@ class Engine:
             for w in self.supervisor.slots
         ]
 
+    def state_metrics(self) -> metrics.StateMetrics:
+        """Open sessions by mode and protocol, and per worker slot: sessions, queue depth and strides behind (from the
+        rings' write positions and what each worker reported processed), for /metrics at scrape time."""
+        state = metrics.StateMetrics()
+        per_worker = {slot.index: [0, 0, 0] for slot in self.supervisor.slots}
+        for session in self._live():
+            state.by_kind[(session.pipeline.mode.value, session.protocol)] += 1
+            slot = self.placement.worker(session.id)
+            if slot is None:
+                continue  # between workers
+            counts = per_worker.setdefault(slot, [0, 0, 0])
+            counts[0] += 1
+            if session.pipeline.mode.streams:
+                behind = (session.ring_pos - session.processed_pos) // session.options.stride_samples
+                counts[1] += behind > 0
+                counts[2] += max(0, behind)
+        state.per_worker = {str(slot): (n, depth, behind) for slot, (n, depth, behind) in per_worker.items()}
+        return state
+
     @property
     def halt_reason(self) -> str | None:
         """Why the service cannot serve (a slot that keeps failing to boot, a dead model host), if it cannot."""
@@ -236,6 +259,7 @@ class Engine:
     def append(self, session_id: str, body: bytes, offset: int | None = None) -> Session:
         """Append PCM. With `offset` (the sample index of the body's first sample) a retry is safe: samples already
         received are acknowledged and skipped, and an offset past the end is refused with the expected one."""
+        started = time.perf_counter()
         session = self.get(session_id)
         n = check_pcm(body)
         pcm = np.frombuffer(body, dtype="<i2")
@@ -252,10 +276,10 @@ class Engine:
         if session.state is not SessionState.OPEN or session.ring is None:
             raise SessionNotOpen(f"session {session_id} is {session.state.value}; it takes no more audio")
         if self.draining:
+            metrics.reject("not_ready")
             raise NotReady("the server is shutting down; it takes no more audio", retry_after_s=5)
         needed = session.resampler.output_len(n) if session.resampler is not None else n
         if needed > session.ring.free:  # checked before the resampler's state moves
-            metrics.APPENDS_REJECTED.inc()
             behind_s = (session.ring.used + needed - session.ring.capacity) / SAMPLE_RATE
             raise BufferFull(
                 f"session {session_id}'s buffer is full: {needed} samples do not fit in {session.ring.free} free; "
@@ -270,8 +294,10 @@ class Engine:
             raise BufferFull(str(exc), retry_after_s=1) from exc
         session.samples_received += n
         session.last_audio_at = time.monotonic()
+        session.note_arrival(session.ring_pos, session.last_audio_at)
         self.supervisor.send(self.placement.route(session.id), AudioReady(session_id))
         metrics.AUDIO_SECONDS.inc(n / session.sample_rate)
+        metrics.APPEND_LATENCY.observe(time.perf_counter() - started)
         return session
 
     def close(self, session_id: str, reason: str = "closed") -> Session:
@@ -359,6 +385,9 @@ class Engine:
         metrics.STRIDE_COMPUTE.observe(msg.compute_s)
         metrics.STRIDE_SNAPSHOT.observe(msg.snapshot_s)
         metrics.STRIDE_BATCH.observe(msg.batch_size)
+        stride_s = (msg.processed_pos - session.processed_pos) / SAMPLE_RATE
+        if not msg.final and msg.batch_size and stride_s > 0:  # a full stride the streaming model computed
+            metrics.REAL_TIME_FACTOR.observe(msg.compute_s / msg.batch_size / stride_s)
         session.advance(msg.processed_pos)
         done = session.samples_processed
         if msg.tokens:
@@ -366,6 +395,9 @@ class Engine:
             # A partial carries this stride's tokens and text only: its size, and the work to send it, stay flat
             # however long the session runs (a meeting's transcript is tens of thousands of characters).
             session.emit(Partial(tuple(msg.tokens), msg.text, done))
+            if not msg.final:
+                self._observe_latency(metrics.PARTIAL_LATENCY, session, msg.processed_pos)
+        self._forget_arrivals(session)
         if msg.final:
             # Online: the whole-session text FunASR post-processes once. 2pass/offline: the sentences joined.
             session.transcript = session.text if session.pipeline.mode.sentences else msg.transcript
@@ -388,6 +420,25 @@ class Engine:
         )
         session.sentences.append(sentence)
         session.emit(sentence)
+        self._observe_latency(metrics.SENTENCE_LATENCY, session, msg.audio_end)
+        self._forget_arrivals(session)
+
+    @staticmethod
+    def _observe_latency(histogram: Histogram, session: Session, ring_pos: int) -> None:
+        """Time since the append that brought the audio up to `ring_pos` (the event was just emitted)."""
+        arrived = session.arrival(ring_pos)
+        if arrived is not None:
+            histogram.observe(time.monotonic() - arrived)
+
+    @staticmethod
+    def _forget_arrivals(session: Session) -> None:
+        """Strides to come end past the processed position, sentences to come past the last one's end."""
+        heard = []
+        if session.pipeline.mode.streams:
+            heard.append(session.processed_pos)
+        if session.pipeline.mode.sentences:
+            heard.append(session.sentences[-1].audio_end_ms * SAMPLE_RATE // 1000 if session.sentences else 0)
+        session.forget_arrivals(min(heard))
 
     def on_worker_lost(self, slot: int, why: str) -> None:
         self.placement.on_worker_lost(slot, self.sessions)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -20,6 +21,10 @@ from engine.events import TERMINAL, Payload, Sentence
 from engine.messages import PipelineOptions, StreamOptions
 from engine.ring import RingWriter
 from engine.units import SAMPLE_RATE
+
+# Appends whose arrival a session remembers (Session.note_arrival): past it the oldest are forgotten, so a session
+# whose strides or sentences lag far behind reports a latency too low rather than growing without bound.
+MAX_ARRIVALS = 4096
 
 
 class SessionState(str, Enum):
@@ -72,6 +77,9 @@ class Session:
     events: list[Event] = field(default_factory=list)
     dropped: int = 0  # events trimmed from the front of the log; event id i sits at events[i - 1 - dropped]
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # (ring position after an append, when it was written), oldest first: when the audio of a stride or a sentence
+    # arrived, for the latency metrics. Trimmed as strides and sentences are heard (`forget_arrivals`), and capped.
+    _arrivals: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=MAX_ARRIVALS))
 
     @property
     def ring_pos(self) -> int:
@@ -103,6 +111,21 @@ class Session:
         if self.pipeline.mode.sentences:
             return tuple(token for s in self.sentences for token in s.tokens)
         return tuple(self.tokens)
+
+    def note_arrival(self, ring_pos: int, at: float) -> None:
+        self._arrivals.append((ring_pos, at))
+
+    def arrival(self, ring_pos: int) -> float | None:
+        """When the audio up to `ring_pos` was all in the ring: the time of the first append that reached it."""
+        for end, at in self._arrivals:
+            if end >= ring_pos:
+                return at
+        return None
+
+    def forget_arrivals(self, before: int) -> None:
+        """No stride or sentence still to come ends at or before `before`."""
+        while len(self._arrivals) > 1 and self._arrivals[0][0] < before:
+            self._arrivals.popleft()
 
     @property
     def last_event_id(self) -> int:

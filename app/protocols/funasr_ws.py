@@ -47,6 +47,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from app import auth
 from app.protocols.funasr_ws_options import Config, ProtocolError, parse_text, strip_wav_header
+from engine import metrics
 from engine.errors import EngineError, NotReady, ServiceFull, SessionNotFound, SessionNotOpen
 from engine.events import ErrorCode, Failure, Final, Partial, Sentence
 from engine.feed import feed
@@ -104,7 +105,8 @@ async def funasr_websocket(websocket: WebSocket) -> None:
     if caller is None:  # nothing is sent but the close (app/auth.py)
         await auth.refuse(websocket)
         return
-    await Connection(websocket, websocket.app.state.engine, websocket.app.state.settings, caller.owner).run()
+    with metrics.websocket_connection("funasr_ws"):
+        await Connection(websocket, websocket.app.state.engine, websocket.app.state.settings, caller.owner).run()
 
 
 class Connection:

@@ -47,6 +47,7 @@ from app.protocols.openai_common import (
     resolve_model,
     transcription_mode,
 )
+from engine import metrics
 from engine.errors import EngineError
 from engine.events import ErrorCode, Failure, Final, Partial, Payload, Sentence
 from engine.feed import feed
@@ -228,6 +229,7 @@ async def _read_form(request: Request, limit: int) -> FormData:
 
 
 def _too_large(limit: int) -> HTTPError:
+    metrics.reject("payload_too_large")
     return HTTPError(
         413,
         "payload_too_large",

@@ -42,6 +42,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from app import auth
 from app.protocols.openai_common import error_body, hotwords_for, realtime_mode, resolve_model
+from engine import metrics
 from engine.errors import EngineError, SessionNotOpen
 from engine.events import Failure, Final, Partial, Sentence
 from engine.feed import feed
@@ -486,4 +487,5 @@ async def realtime(websocket: WebSocket) -> None:
         await auth.refuse(websocket, json.dumps({"type": "error", "event_id": _id("event"), "error": error}))
         return
     beta = websocket.headers.get("openai-beta", "").startswith("realtime=v1")
-    await Connection(websocket, engine, settings, beta, caller.owner).run(websocket.query_params.get("model"))
+    with metrics.websocket_connection("openai_realtime"):
+        await Connection(websocket, engine, settings, beta, caller.owner).run(websocket.query_params.get("model"))
