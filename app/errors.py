@@ -25,9 +25,11 @@ from engine.errors import (
     MigrationInFlight,
     NotReady,
     OffsetGap,
+    RateLimited,
     ServiceFull,
     SessionNotFound,
     SessionNotOpen,
+    TooManySessions,
 )
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ STATUS: dict[type[EngineError], int] = {
     InvalidOptions: 422,
     InvalidWorker: 422,
     BufferFull: 429,
+    TooManySessions: 429,
+    RateLimited: 429,
     ServiceFull: 503,
     NotReady: 503,
 }

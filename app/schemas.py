@@ -161,7 +161,7 @@ class FinalData(BaseModel):
 
     tokens: list[str] = Field(description="Every token of the transcript (2pass and offline: the sentences')")
     text: str = Field(description="The whole transcript (2pass and offline: the sentences joined)")
-    reason: str = Field(description="closed | idle_timeout")
+    reason: str = Field(description="closed | idle_timeout | max_duration (PARASTREAM_MAX_SESSION_S)")
     samples_processed: int
 
 

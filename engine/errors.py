@@ -73,3 +73,15 @@ class InvalidWorker(EngineError):
     """A migration target that is no worker slot, or the slot the session is already on."""
 
     code = "invalid_worker"
+
+
+class TooManySessions(EngineError):
+    """The caller's API key holds `PARASTREAM_MAX_SESSIONS_PER_KEY` open sessions."""
+
+    code = "too_many_sessions"
+
+
+class RateLimited(EngineError):
+    """More appends to one session than `PARASTREAM_MAX_APPENDS_PER_S`; nothing was written."""
+
+    code = "rate_limited"

@@ -50,7 +50,7 @@ class Final:
 
     tokens: tuple[str, ...]
     text: str
-    reason: str  # why it was closed: "closed" (the client) | "idle_timeout"
+    reason: str  # why it was closed: "closed" (the client) | "idle_timeout" | "max_duration"
     samples_processed: int
 
 

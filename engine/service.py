@@ -26,11 +26,14 @@ from engine.errors import (
     InvalidOptions,
     NotReady,
     OffsetGap,
+    RateLimited,
     ServiceFull,
     SessionNotFound,
     SessionNotOpen,
+    TooManySessions,
 )
 from engine.events import ErrorCode, Failure, Final, Partial, Sentence, SessionView, WorkerView
+from engine.limits import TokenBucket
 from engine.messages import (
     AbortSession,
     AudioReady,
@@ -176,6 +179,16 @@ class Engine:
         if not self.accepting:
             metrics.reject("not_ready")
             raise NotReady("the server is not accepting sessions (starting or shutting down)", retry_after_s=5)
+        if owner is not None:  # with API keys: each key's own limit first, so a key at its limit hears so (429)
+            held = sum(1 for x in self.sessions.values() if x.owner == owner and x.state.holds_resources)
+            if held >= self.settings.max_sessions_per_key:
+                metrics.reject("too_many_sessions")
+                raise TooManySessions(
+                    f"this API key holds {held} open sessions (PARASTREAM_MAX_SESSIONS_PER_KEY is "
+                    f"{self.settings.max_sessions_per_key}); close one, or retry later",
+                    retry_after_s=5,
+                    limit=self.settings.max_sessions_per_key,
+                )
         if self.open_sessions() >= self.settings.max_sessions:
             metrics.reject("service_full")
             raise ServiceFull(
@@ -198,6 +211,7 @@ class Engine:
             owner=owner,
             resampler=resampler_for(sample_rate),
             history=self.settings.event_history,
+            appends=TokenBucket(self.settings.max_appends_per_s),
         )
         self.sessions[session_id] = session
         self.placement.assign(session_id, slot)
@@ -256,6 +270,30 @@ class Engine:
         """Why the service cannot serve (a slot that keeps failing to boot, a dead model host), if it cannot."""
         return self.supervisor.halt_reason
 
+    def admit_append(self, session: Session) -> None:
+        """Counts one append of a REST client against PARASTREAM_MAX_APPENDS_PER_S; past it RateLimited (429), with
+        the wait until the next one is taken. (WebSocket protocols gather audio into larger appends instead.)"""
+        wait = session.appends.take() if session.appends is not None else 0.0
+        if wait:
+            metrics.reject("rate_limited")
+            rate = self.settings.max_appends_per_s
+            raise RateLimited(
+                f"more than {rate:g} appends a second to session {session.id} (PARASTREAM_MAX_APPENDS_PER_S); "
+                "send larger pieces, or retry after Retry-After",
+                retry_after_s=wait,
+                limit=rate,
+            )
+
+    def _not_open(self, session: Session) -> SessionNotOpen:
+        if session.close_reason == "max_duration":
+            limit = self.settings.max_session_s
+            return SessionNotOpen(
+                f"session {session.id} reached the longest a session may last, {limit:g} s "
+                "(PARASTREAM_MAX_SESSION_S), and was closed; it takes no more audio: open a new session",
+                close_reason=session.close_reason,
+            )
+        return SessionNotOpen(f"session {session.id} is {session.state.value}; it takes no more audio")
+
     def append(self, session_id: str, body: bytes, offset: int | None = None) -> Session:
         """Append PCM. With `offset` (the sample index of the body's first sample) a retry is safe: samples already
         received are acknowledged and skipped, and an offset past the end is refused with the expected one."""
@@ -274,7 +312,7 @@ class Engine:
                 return session  # all of it was received before: acknowledge, apply nothing
             n = len(pcm)
         if session.state is not SessionState.OPEN or session.ring is None:
-            raise SessionNotOpen(f"session {session_id} is {session.state.value}; it takes no more audio")
+            raise self._not_open(session)
         if self.draining:
             metrics.reject("not_ready")
             raise NotReady("the server is shutting down; it takes no more audio", retry_after_s=5)
@@ -464,18 +502,22 @@ class Engine:
 
     async def _reap_loop(self) -> None:
         s = self.settings
-        period = min(1.0, s.session_idle_timeout_s / 4)
+        period = min(1.0, s.session_idle_timeout_s / 4, s.max_session_s / 4)
         while True:
             await asyncio.sleep(period)
             try:
                 self._reap(time.monotonic())
             except Exception:  # the reaper must outlive any one bad session
-                log.exception("reaping idle and ended sessions failed")
+                log.exception("reaping idle, overlong and ended sessions failed")
 
     def _reap(self, now: float) -> None:
         s = self.settings
         for session in list(self.sessions.values()):
-            if session.state is SessionState.OPEN and now - session.last_audio_at > s.session_idle_timeout_s:
+            if session.state is SessionState.OPEN and now - session.created_at > s.max_session_s:
+                # Finalised like a close: its audio is flushed and `final` says "max_duration"; appends are refused.
+                log.info("session %s reached PARASTREAM_MAX_SESSION_S (%g s): closing", session.id, s.max_session_s)
+                self.close(session.id, reason="max_duration")
+            elif session.state is SessionState.OPEN and now - session.last_audio_at > s.session_idle_timeout_s:
                 log.info("session %s idle for %.0f s: closing", session.id, now - session.last_audio_at)
                 metrics.SESSIONS_EVICTED.inc()
                 self.close(session.id, reason="idle_timeout")

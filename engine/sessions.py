@@ -18,6 +18,7 @@ from enum import Enum
 
 from engine.audio import Resampler
 from engine.events import TERMINAL, Payload, Sentence
+from engine.limits import TokenBucket
 from engine.messages import PipelineOptions, StreamOptions
 from engine.ring import RingWriter
 from engine.units import SAMPLE_RATE
@@ -72,6 +73,7 @@ class Session:
     created_at: float = field(default_factory=time.monotonic)
     last_audio_at: float = field(default_factory=time.monotonic)
     ended_at: float | None = None
+    appends: TokenBucket | None = None  # PARASTREAM_MAX_APPENDS_PER_S (engine/limits.py); None: unlimited
     resampler: Resampler | None = None  # to 16 kHz, for a session at another rate (engine/audio.py)
     history: int = 1000  # events kept for resume
     events: list[Event] = field(default_factory=list)

@@ -143,7 +143,12 @@ class Settings(BaseSettings):
         16, ge=1, description="Open sessions one API key may hold at once (with keys set); past it 429."
     )
     max_appends_per_s: float = Field(
-        50.0, gt=0, description="Appends (or WebSocket audio messages) per second one session may send; past it 429."
+        50.0,
+        gt=0,
+        description=(
+            "Appends per second one session may make (bursts of a second's worth). Past it a REST append is 429; a "
+            "WebSocket's audio is gathered into fewer, larger appends instead, never refused."
+        ),
     )
     max_session_s: float = Field(
         8 * 3600.0, gt=0, description="Longest a session may last (a long meeting fits); then it is closed and finalised."

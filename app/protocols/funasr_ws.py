@@ -6,7 +6,8 @@ limits, recovery and metrics as a REST session. Two tasks serve a connection:
 - the receiver reads the client's messages: JSON text (app/protocols/funasr_ws_options.py), and PCM in frames of any
   size, re-cut into whole samples (an odd trailing byte waits for the next frame) and appended with `engine.feed`,
   which waits for ring room: a client that sends a file unpaced is slowed down, never refused, and since nothing is
-  read while it waits, the socket itself pushes back;
+  read while it waits, the socket itself pushes back. Appends are at most PARASTREAM_MAX_APPENDS_PER_S a second:
+  past that, frames gather into larger appends (Connection.gather);
 - the relay turns the session's events into FunASR's messages, in order.
 
 Messages out, all with `mode`, `wav_name`, `text` and `is_final` (FunASR's clients index each of them):
@@ -24,7 +25,8 @@ Messages out, all with `mode`, `wav_name`, `text` and `is_final` (FunASR's clien
   message has empty text (in the mode of a partial, which every client appends and none replaces with);
 - an error: `is_final: false`, `is_end: true`, `error` and `code` (FunASR's 2026 server's form), then the socket
   closes with a reason: 1008 for a message we cannot take, 1003 for data we cannot take, 1013 when the service is
-  full or not ready, 1001 when it shuts down, 1011 when inference failed.
+  full or not ready, 1001 when it shuts down, 1011 when inference failed. (A message over
+  PARASTREAM_MAX_WS_MESSAGE_BYTES is closed with 1009 by uvicorn itself, before it reaches this code.)
 
 After the final, a text message is taken quietly (funasr-client sends a second `{"is_speaking": false}` when it
 closes), and audio, or `is_speaking: true`, starts the next utterance with the connection's settings (FunASR's
@@ -153,9 +155,16 @@ class Connection:
         """Until the client leaves (None) or must be sent away (a Close, after an error message)."""
         idle = self.settings.session_idle_timeout_s
         while True:
+            held = self.held_back()
             try:
-                message = await asyncio.wait_for(self.websocket.receive(), idle)
+                message = await asyncio.wait_for(self.websocket.receive(), idle if held is None else min(idle, held))
             except TimeoutError:
+                if held is not None and self.current is not None:  # audio held back by the append rate: it is due
+                    try:
+                        await self.gather(self.current)
+                    except (ProtocolError, EngineError) as exc:
+                        return await self.refuse(exc)
+                    continue
                 if self.current is None and not self.pending:
                     return Close(1000, f"no message for {idle:g} s (PARASTREAM_SESSION_IDLE_TIMEOUT_S)")
                 continue  # an open session has its own idle timeout; its final ends the connection
@@ -194,8 +203,33 @@ class Connection:
             utterance.heard = True
             data = strip_wav_header(data)
         utterance.buffer += data
-        if len(utterance.buffer) >= utterance.session.sample_rate * 2 * MIN_APPEND_MS // 1000:
-            await self.append(utterance)
+        await self.gather(utterance)
+
+    async def gather(self, utterance: Utterance) -> None:
+        """Appends the buffer once it holds MIN_APPEND_MS, at most PARASTREAM_MAX_APPENDS_PER_S times a second. Past
+        that rate nothing is refused: the audio gathers into a larger append (receive() comes back for it when the
+        next one is due), and only a buffer of PARASTREAM_MAX_APPEND_BYTES waits, reading nothing meanwhile, so TCP
+        slows the client down. A client sending unpaced 10 ms frames gets fewer, larger appends, not an error."""
+        if len(utterance.buffer) < utterance.session.sample_rate * 2 * MIN_APPEND_MS // 1000:
+            return
+        bucket = utterance.session.appends
+        if bucket is not None:
+            wait = bucket.take()
+            if wait and len(utterance.buffer) < self.settings.max_append_bytes:
+                return  # held back: held_back() times the next try
+            while wait:
+                await asyncio.sleep(wait)
+                wait = bucket.take()
+        await self.append(utterance)
+
+    def held_back(self) -> float | None:
+        """Seconds until the audio gather() held back may be appended; None when none is held."""
+        u = self.current
+        if u is None or u.session.appends is None or u.gone:
+            return None
+        if len(u.buffer) < u.session.sample_rate * 2 * MIN_APPEND_MS // 1000:
+            return None
+        return u.session.appends.wait()
 
     async def append(self, utterance: Utterance) -> None:
         """The buffer's whole samples; an odd trailing byte stays for the next frame, whatever the frame sizes."""
@@ -284,6 +318,9 @@ class Connection:
             if isinstance(payload, Final):
                 last = held if held is not None else self.message(u, online, "")
                 await self.send({**last, "is_final": True, "is_end": True})
+                if payload.reason == "max_duration":
+                    limit = self.settings.max_session_s
+                    return Close(1000, f"max_duration: an utterance may last {limit:g} s (PARASTREAM_MAX_SESSION_S)")
                 if payload.reason != "closed":  # idle_timeout: the client stopped sending audio without ending it
                     return Close(1000, f"{payload.reason}: no audio for {self.settings.session_idle_timeout_s:g} s")
                 return None

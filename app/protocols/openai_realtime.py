@@ -3,8 +3,9 @@
 
 The client sends 24 kHz PCM16 (base64) in `input_audio_buffer.append`; each engine session it goes into is opened at
 sample_rate 24000 and resampled to 16 kHz on arrival (engine/audio.py, split-invariant), fed with engine.feed (an
-append waits for ring room, so a client sending faster than the worker is slowed by TCP, not refused), and its typed
-events are relayed as they come (Session.follow).
+append waits for ring room, so a client sending faster than the worker is slowed by TCP, not refused; appends past
+PARASTREAM_MAX_APPENDS_PER_S are gathered into larger ones, `_flush`), and its typed events are relayed as they come
+(Session.follow). A session that lasts PARASTREAM_MAX_SESSION_S ends the connection (`_expire`).
 
 How items map to sessions (docs/openai.md):
 - **Per sentence** (turn detection on, the default, where the service has a VAD): one engine session in mode 2pass
@@ -43,7 +44,7 @@ from starlette.websockets import WebSocketDisconnect
 from app import auth
 from app.protocols.openai_common import error_body, hotwords_for, realtime_mode, resolve_model
 from engine import metrics
-from engine.errors import EngineError, SessionNotOpen
+from engine.errors import EngineError, SessionNotOpen, TooManySessions
 from engine.events import Failure, Final, Partial, Sentence
 from engine.feed import feed
 from engine.messages import Mode, PipelineOptions, StreamOptions
@@ -80,6 +81,13 @@ class Config:
     def vad(self, settings: Settings) -> bool:
         """Items per sentence: turn detection asked for (OpenAI's default) and a VAD in the pipeline."""
         return self.turn_detection and self.mode(settings).sentences
+
+
+@dataclass(frozen=True)
+class Expired:
+    """In the outbox after the last event: close the connection with this reason."""
+
+    reason: str
 
 
 class BadEvent(Exception):
@@ -119,7 +127,8 @@ class Connection:
         self.samples = 0  # 24 kHz samples appended on this connection, cleared ones included: the audio clock
         self.last_item: str | None = None
         self.last_relay: asyncio.Task[None] | None = None  # the newest session's relay: the next one waits for it
-        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.outbox: asyncio.Queue[dict[str, Any] | Expired] = asyncio.Queue()
+        self.held = bytearray()  # appended by the client, not yet by us: the append rate's overflow (_flush)
 
     # --- the socket ---------------------------------------------------------------------------------------
 
@@ -131,7 +140,7 @@ class Connection:
             if refused is not None:
                 self.error(refused.message, refused.code, "model")
             while True:
-                message = await self.ws.receive()
+                message = await self._receive()
                 if message["type"] == "websocket.disconnect":
                     return
                 text = message.get("text")
@@ -146,10 +155,28 @@ class Connection:
                 self._drop(segment)
             sender.cancel()
 
+    async def _receive(self) -> Any:
+        """The client's next message; meanwhile, audio _flush held back is appended when it is due."""
+        while True:
+            segment = self.current
+            bucket = segment.session.appends if segment is not None else None
+            if not self.held or bucket is None:
+                return await self.ws.receive()
+            try:
+                return await asyncio.wait_for(self.ws.receive(), bucket.wait())
+            except TimeoutError:
+                try:
+                    await self._flush()
+                except EngineError as exc:
+                    self._engine_error(exc, None)
+
     async def _send_loop(self) -> None:
         while True:
             event = await self.outbox.get()
             try:
+                if isinstance(event, Expired):  # everything before it is out: now the close
+                    await self.ws.close(1000, event.reason)
+                    return
                 await self.ws.send_text(json.dumps(event, ensure_ascii=False))
             except Exception:  # the client is gone: the receive loop ends the connection
                 return
@@ -189,6 +216,7 @@ class Connection:
             if kind == "input_audio_buffer.append":
                 await self.append(event.get("audio"))
             elif kind == "input_audio_buffer.commit":
+                await self._flush()
                 self.commit()
             elif kind == "input_audio_buffer.clear":
                 self.clear()
@@ -205,8 +233,13 @@ class Connection:
                 )
         except BadEvent as exc:
             self.error(exc.message, exc.code, exc.param, event_id)
-        except EngineError as exc:  # the service is full, shutting down...: the client may retry later
-            self.error(exc.message, exc.code, None, event_id, 503 if exc.retry_after_s else 400)
+        except EngineError as exc:
+            self._engine_error(exc, event_id)
+
+    def _engine_error(self, exc: EngineError, event_id: str | None) -> None:
+        # A limit (too many sessions for the key) is 429; the service full or shutting down 503: retry later.
+        status = 429 if isinstance(exc, TooManySessions) else 503 if exc.retry_after_s else 400
+        self.error(exc.message, exc.code, None, event_id, status)
 
     async def append(self, audio: object) -> None:
         if not isinstance(audio, str):
@@ -217,10 +250,30 @@ class Connection:
             raise BadEvent("`audio` is not valid base64", param="audio") from None
         if len(pcm) % 2:
             raise BadEvent("`audio` must be whole 16-bit samples (an even number of bytes)", param="audio")
-        if not pcm:
+        self.held += pcm
+        await self._flush(wait=False)
+
+    async def _flush(self, wait: bool = True) -> None:
+        """Appends the audio held, at most PARASTREAM_MAX_APPENDS_PER_S times a second into one session. Past that rate
+        nothing is refused: appends gather into a larger one (_receive comes back for it when it is due), and only
+        PARASTREAM_MAX_APPEND_BYTES held waits, reading nothing meanwhile, so TCP slows the client down. `wait`:
+        wait for the rate rather than hold (a commit appends what it commits)."""
+        if not self.held:
             return
+        segment = self._open_segment()
+        bucket = segment.session.appends
+        if bucket is not None:
+            delay = bucket.take()
+            if delay and not wait and len(self.held) < self.settings.max_append_bytes:
+                return
+            while delay:
+                await asyncio.sleep(delay)
+                delay = bucket.take()
+        pcm = bytes(self.held)
+        self.held.clear()
         for attempt in range(2):
-            segment = self._open_segment()
+            if attempt:
+                segment = self._open_segment()
             try:
                 await feed(self.engine, segment.session.id, pcm, len(pcm))
                 break
@@ -266,6 +319,7 @@ class Connection:
             self.engine.close(segment.session.id)
 
     def clear(self) -> None:
+        self.held.clear()
         segment, self.current = self.current, None
         if segment is not None:
             segment.cleared = True
@@ -380,7 +434,7 @@ class Connection:
                         self._delta(segment, text)
                     case Sentence() as sentence if segment.per_sentence:
                         self._sentence(segment, sentence)
-                    case Final(text=text):
+                    case Final(text=text, reason=reason):
                         if segment.per_sentence:
                             if segment.item is not None:  # deltas no sentence took up
                                 self._committed(segment)
@@ -392,6 +446,8 @@ class Connection:
                                 self._committed(segment)
                             duration = segment.session.samples_received / RATE
                             self._completed(segment.item, text, duration)
+                        if reason == "max_duration":
+                            self._expire()
                     case Failure(code=code, message=message) if not segment.cleared:
                         if segment.item is not None:
                             self.send(
@@ -409,6 +465,13 @@ class Connection:
             self.segments.discard(segment)
             if self.current is segment:
                 self.current = None
+
+    def _expire(self) -> None:
+        """The session lasted PARASTREAM_MAX_SESSION_S: its items are complete; an `error` (OpenAI's code for its own
+        maximum duration), then the connection closes."""
+        limit = self.settings.max_session_s
+        self.error(f"the session reached its maximum duration, {limit:g} s (PARASTREAM_MAX_SESSION_S)", "session_expired")
+        self.outbox.put_nowait(Expired(f"session_expired: a session may last {limit:g} s (PARASTREAM_MAX_SESSION_S)"))
 
     def _delta(self, segment: Segment, text: str) -> None:
         if segment.item is None:

@@ -68,12 +68,13 @@ async def append_audio(
         Query(ge=0, description="Sample index of the body's first sample; makes a retried append safe"),
     ] = None,
 ) -> dict[str, object]:
-    """Append raw PCM. 429 with Retry-After when the session's buffer is full (nothing is written then).
+    """Append raw PCM. 429 with Retry-After when the session's buffer is full, or past PARASTREAM_MAX_APPENDS_PER_S
+    appends a second (`rate_limited`); nothing is written then.
 
     With `?offset=`, audio already received is acknowledged without being applied twice, and an offset past the end
     is refused with 409 `offset_gap` and `expected_offset`. The answer always gives `samples_received`, the end
     offset, so a client that lost an answer knows where to resume."""
-    engine.get(session_id)  # 404 before reading a body we would throw away
+    engine.admit_append(engine.get(session_id))  # 404 and 429 before reading a body we would throw away
     body = await read_pcm_body(request, settings.max_append_bytes)
     session = engine.append(session_id, body, offset)
     return {"id": session.id, "samples_received": session.samples_received}

@@ -46,8 +46,8 @@ class SentenceEvent:
 
 @dataclass(frozen=True)
 class FinalEvent:
-    """The session ended normally (`reason`: `closed` or `idle_timeout`): the whole transcript, post-processed once
-    over all tokens. In 2pass and offline modes the text is the sentences joined."""
+    """The session ended normally (`reason`: `closed`, `idle_timeout` or `max_duration`): the whole transcript,
+    post-processed once over all tokens. In 2pass and offline modes the text is the sentences joined."""
 
     id: int
     tokens: tuple[str, ...]
