@@ -80,6 +80,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="the session's rate: of the PCM on stdin, or the rate a file is resampled to (default 16000)",
     )
     parser.add_argument("--retries", type=int, default=5, help="tries after a dropped connection (default 5)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("PARASTREAM_API_KEY"),
+        help="the key of a service that needs one (default: $PARASTREAM_API_KEY, the better place: a command line is "
+        "visible to other users)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,7 +122,8 @@ async def _main(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     renderer: Renderer | None = None
     session: Session | None = None
     last: Event | None = None
-    async with AsyncClient(args.url, max_retries=args.retries) as client:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
+    async with AsyncClient(args.url, max_retries=args.retries, headers=headers) as client:
         try:
             session = await client.create_session(sample_rate=args.sample_rate, mode=args.mode, hotwords=args.hotwords)
             renderer = make_renderer(args.format, out, session)

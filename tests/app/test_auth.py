@@ -293,11 +293,22 @@ def test_openai_realtime_needs_a_key(keyed: ServiceProcess) -> None:
 # --- the SDKs and CORS -------------------------------------------------------------------------------------------
 
 
-def test_the_sdks_work_with_a_key(keyed: ServiceProcess) -> None:
+def test_the_sdks_work_with_a_key(keyed: ServiceProcess, tmp_path: Path) -> None:
+    """app.sdk with the Bearer header (the event stream's too), `parastream transcribe` with $PARASTREAM_API_KEY,
+    OpenAI's SDK with its api_key; each refused without."""
     pcm = synth_speechlike(1.5, seed=74)
     with Client(keyed.base_url, headers=bearer(K1)) as client:
         events = list(client.transcribe(pcm))
     assert isinstance(events[-1], FinalEvent)
+
+    (tmp_path / "a.wav").write_bytes(wav(pcm))
+    command = [sys.executable, "-m", "app.cli", "transcribe", str(tmp_path / "a.wav"), "--url", keyed.base_url]
+    for key, status in ((K2, 0), ("", 1)):
+        env = {**os.environ, "PARASTREAM_API_KEY": key}
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == status, result.stderr
+        assert result.stdout.strip() == (events[-1].text if status == 0 else "")
+        assert status == 0 or "401 unauthorized" in result.stderr
     with Client(keyed.base_url, max_retries=0) as client, pytest.raises(APIError) as refused_sdk:
         list(client.transcribe(pcm))
     assert (refused_sdk.value.status, refused_sdk.value.code) == (401, "unauthorized")
