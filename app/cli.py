@@ -111,6 +111,7 @@ async def _serve(overrides: dict[str, object]) -> int:
 
     from app.auth import AccessConfigError
     from app.main import create_app
+    from engine import logs
     from engine.errors import EngineBootError
     from engine.service import Engine
     from engine.settings import Settings
@@ -122,6 +123,7 @@ async def _serve(overrides: dict[str, object]) -> int:
             name = "PARASTREAM_" + "_".join(str(part) for part in error["loc"]).upper()
             log.error("cannot start: %s=%r: %s", name, error.get("input"), error["msg"])
         return 2
+    logs.configure(settings.log_format)  # PARASTREAM_LOG_FORMAT: text, or json lines (engine/logs.py)
     engine = Engine(settings)
     try:
         app = create_app(settings, engine)  # reads the API key files: a bad one is reported before the model loads
@@ -148,6 +150,7 @@ async def _serve(overrides: dict[str, object]) -> int:
         log_level="info",
         ws_max_size=settings.max_ws_message_bytes,
     )
+    logs.adopt_uvicorn_loggers(settings.log_format)  # after uvicorn.Config has set its loggers up
     sock = listening_socket(settings.host, settings.port, settings.send_buffer_bytes)
     if sock is not None:  # uvicorn announces only the sockets it binds itself
         log.info("listening on %s:%d, send buffer %d bytes", settings.host, settings.port, settings.send_buffer_bytes)

@@ -80,6 +80,7 @@ class OpenSession:
     ring_name: str
     options: StreamOptions
     pipeline: PipelineOptions = PipelineOptions()
+    protocol: str = "rest"  # the door the session came in by: the worker's log lines about it say so
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class RestoreSession:
     close_reason: str = ""
     pipeline: PipelineOptions = PipelineOptions()
     sentences: int = 0  # sentences the API process has heard: the worker sends the one its snapshot is ahead by
+    protocol: str = "rest"
 
 
 @dataclass(frozen=True)
@@ -296,3 +298,4 @@ class HostConfig:
     punc_model: str = ""
     offline_max_batch: int = 1
     max_sentence_ms: int = 60_000
+    log_format: str = "text"  # PARASTREAM_LOG_FORMAT: the host's and the workers' lines follow the API process's

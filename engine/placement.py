@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from engine import metrics
+from engine import logs, metrics
 from engine.errors import InvalidWorker, MigrationInFlight, NotReady
 from engine.events import ErrorCode
 from engine.messages import DetachSession, RestoreSession, SessionDetached, ToWorker
@@ -149,7 +149,7 @@ class Placement:
         loads = {i: self.load(i) for i in self._workers.ready_indices()}
         log.info(
             "moving session %s from worker %d to worker %d (%s; sessions per ready worker: %s)",
-            session.id, source, target, reason, loads,
+            session.id, source, target, reason, loads, extra=logs.fields(session),
         )
         return target
 
@@ -168,12 +168,15 @@ class Placement:
                 self.place_orphans({session.id: session})
                 return
             log.warning("session %s: worker %s is gone; moving it to worker %d instead",
-                        session.id, move.target if move else None, slot)
+                        session.id, move.target if move else None, slot, extra=logs.fields(session))
         self._restore_on(slot, session)
         if slot != source:
             session.migrations += 1
             metrics.SESSIONS_MIGRATED.labels(move.reason if move else "manual").inc()
-        log.info("session %s moved from worker %s to worker %d at sample %d", session.id, source, slot, msg.processed_pos)
+        log.info(
+            "session %s moved from worker %s to worker %d at sample %d", session.id, source, slot, msg.processed_pos,
+            extra=logs.fields(session),
+        )
 
     def rebalance_choice(self, sessions: dict[str, Session], spread: int) -> tuple[Session, int] | None:
         """The session to move, and where, when the busiest and idlest ready slots differ by `spread` sessions or
@@ -247,7 +250,10 @@ class Placement:
             session.restores += 1
             self._restore_on(slot, session)
             metrics.SESSIONS_RESTORED.inc()
-            log.warning("session %s restored on worker %d (restore %d)", session_id, slot, session.restores)
+            log.warning(
+                "session %s restored on worker %d (restore %d)", session_id, slot, session.restores,
+                extra=logs.fields(session),
+            )
 
     def _restore_on(self, slot: int, session: Session) -> None:
         assert session.ring is not None
@@ -265,5 +271,6 @@ class Placement:
                 session.close_reason,
                 session.pipeline,
                 len(session.sentences),
+                session.protocol,
             ),
         )

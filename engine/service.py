@@ -18,7 +18,7 @@ import time
 import numpy as np
 from prometheus_client import Histogram
 
-from engine import metrics
+from engine import logs, metrics
 from engine.audio import SUPPORTED_SAMPLE_RATES, check_pcm, resampler_for
 from engine.errors import (
     BufferFull,
@@ -215,9 +215,14 @@ class Engine:
         )
         self.sessions[session_id] = session
         self.placement.assign(session_id, slot)
-        self.supervisor.send(slot, OpenSession(session_id, ring.name, options, pipeline))
+        self.supervisor.send(slot, OpenSession(session_id, ring.name, options, pipeline, protocol))
         metrics.SESSIONS_CREATED.inc()
         metrics.SESSIONS_OPEN.set(self.open_sessions())
+        logs.bind(session_id, protocol)  # the rest of this request's (or connection's) lines are about it
+        log.info(
+            "session %s opened on worker %d: mode %s, %d Hz, chunk_size %s",
+            session_id, slot, pipeline.mode.value, sample_rate, list(options.chunk_size), extra=logs.fields(session),
+        )
         return session
 
     def get(self, session_id: str, owner: str | None = None) -> Session:
@@ -446,7 +451,10 @@ class Engine:
         if msg.index != len(session.sentences):
             # Each sentence is sent once, in order, and a restore sends only the one its snapshot is ahead by
             # (engine/worker/core.py); anything else is a bug, and skipping or repeating a sentence would hide it.
-            log.error("session %s: sentence %d arrived, %d expected", session.id, msg.index, len(session.sentences))
+            log.error(
+                "session %s: sentence %d arrived, %d expected", session.id, msg.index, len(session.sentences),
+                extra=logs.fields(session),
+            )
             self._fail(session, ErrorCode.INFERENCE_FAILED, "sentences arrived out of order")
             return
         metrics.SENTENCES.inc()
@@ -499,6 +507,12 @@ class Engine:
             session.ring.unlink()
             session.ring = None
         metrics.SESSIONS_OPEN.set(self.open_sessions())
+        log.info(
+            "session %s %s after %.1f s: %d samples received, %d processed%s",
+            session.id, state.value, session.ended_at - session.created_at, session.samples_received,
+            session.samples_processed, f" ({session.close_reason})" if session.close_reason else "",
+            extra=logs.fields(session),
+        )
 
     async def _reap_loop(self) -> None:
         s = self.settings
@@ -515,10 +529,16 @@ class Engine:
         for session in list(self.sessions.values()):
             if session.state is SessionState.OPEN and now - session.created_at > s.max_session_s:
                 # Finalised like a close: its audio is flushed and `final` says "max_duration"; appends are refused.
-                log.info("session %s reached PARASTREAM_MAX_SESSION_S (%g s): closing", session.id, s.max_session_s)
+                log.info(
+                    "session %s reached PARASTREAM_MAX_SESSION_S (%g s): closing", session.id, s.max_session_s,
+                    extra=logs.fields(session),
+                )
                 self.close(session.id, reason="max_duration")
             elif session.state is SessionState.OPEN and now - session.last_audio_at > s.session_idle_timeout_s:
-                log.info("session %s idle for %.0f s: closing", session.id, now - session.last_audio_at)
+                log.info(
+                    "session %s idle for %.0f s: closing", session.id, now - session.last_audio_at,
+                    extra=logs.fields(session),
+                )
                 metrics.SESSIONS_EVICTED.inc()
                 self.close(session.id, reason="idle_timeout")
             elif session.ended_at is not None and now - session.ended_at > s.finished_session_ttl_s:

@@ -162,6 +162,7 @@ class Supervisor:
             s.punc_model,
             s.offline_max_batch,
             int(s.max_sentence_s * 1000),
+            s.log_format,
         )
         self._host = ctx.Process(target=host_main, args=(child, config), name="parastream-model-host", daemon=True)
         self._host.start()

@@ -49,7 +49,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from app import auth
 from app.protocols.funasr_ws_options import Config, ProtocolError, parse_text, strip_wav_header
-from engine import metrics
+from engine import logs, metrics
 from engine.errors import EngineError, NotReady, ServiceFull, SessionNotFound, SessionNotOpen
 from engine.events import ErrorCode, Failure, Final, Partial, Sentence
 from engine.feed import feed
@@ -133,7 +133,8 @@ class Connection:
             done, _ = await asyncio.wait({receiver, relay}, return_when=asyncio.FIRST_COMPLETED)
             task = receiver if receiver in done else relay
             if task.exception() is not None:
-                log.error("FunASR WebSocket connection failed", exc_info=task.exception())
+                about = logs.fields(self.current.session) if self.current is not None else None
+                log.error("FunASR WebSocket connection failed", exc_info=task.exception(), extra=about)
                 close = Close(1011, "internal error; the server log has the details")
             else:
                 close = task.result()
@@ -259,9 +260,9 @@ class Connection:
         self.pending.append(utterance)
         self.started += 1
         self.queue.put_nowait(utterance)
-        log.info(
-            "FunASR WebSocket session %s: mode %s, chunk_size %s, wav_name %r",
-            session.id, mode.value, list(session.options.chunk_size), config.wav_name,
+        log.info(  # not wav_name, nor hotwords: what the client names is its own
+            "FunASR WebSocket utterance %d of its connection is session %s", self.started, session.id,
+            extra=logs.fields(session),
         )
         return utterance
 

@@ -43,7 +43,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from app import auth
 from app.protocols.openai_common import error_body, hotwords_for, realtime_mode, resolve_model
-from engine import metrics
+from engine import logs, metrics
 from engine.errors import EngineError, SessionNotOpen, TooManySessions
 from engine.events import Failure, Final, Partial, Sentence
 from engine.feed import feed
@@ -460,7 +460,7 @@ class Connection:
                             )
                         self.error(f"transcription ended: {message}", code.value, status=500)
         except Exception:  # a relay must never take the connection down
-            log.exception("realtime relay of session %s failed", segment.session.id)
+            log.exception("realtime relay of session %s failed", segment.session.id, extra=logs.fields(segment.session))
         finally:
             self.segments.discard(segment)
             if self.current is segment:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from engine import logs
 from engine.messages import (
     AbortSession,
     CloseSession,
@@ -130,6 +131,7 @@ class HeldSession:
     pipeline: PipelineOptions = PipelineOptions()
     sentences: SentenceProgress | None = None  # 2pass and offline sessions only
     epoch: int = 0  # which incarnation of the session a second-pass result belongs to (see _submit)
+    protocol: str = "rest"  # the door it came in by, for log lines about it
 
     def next_step(self, write_pos: int) -> tuple[int, bool] | None:
         """(samples, is_final) of the step this session can run now, or None if it must wait for audio (or, in 2pass
@@ -188,7 +190,8 @@ class WorkerCore:
             return [SessionFailed(msg.session_id, f"mode {msg.pipeline.mode.value} needs the sentence models")]
         store = SnapshotStore(ring)
         state = HeldSession(
-            msg.session_id, ring, store, msg.options, self.model.new_cache(msg.options), pipeline=msg.pipeline
+            msg.session_id, ring, store, msg.options, self.model.new_cache(msg.options), pipeline=msg.pipeline,
+            protocol=msg.protocol,
         )
         if msg.pipeline.mode.sentences:
             state.sentences = self._new_sentences()
@@ -477,7 +480,8 @@ class WorkerCore:
             ready = tracker.frames_ready(limit, closing)
             n = min(ready, VAD_SAMPLES_PER_TURN)
             if n:
-                tracker.feed(self._vad(), pcm_to_float(state.ring.read(tracker.vad_pos, n)))
+                with logs.bound(state.session_id, state.protocol):  # the tracker's lines do not know the session
+                    tracker.feed(self._vad(), pcm_to_float(state.ring.read(tracker.vad_pos, n)))
             if closing and n == ready:
                 assert state.end_pos is not None
                 tracker.finish(state.end_pos)
@@ -630,7 +634,8 @@ class WorkerCore:
         try:
             snapshot = state.snapshots.load()
         except Exception as exc:
-            log.error("session %s: snapshot unreadable while rewinding: %s", state.session_id, exc)
+            about = logs.about(state.session_id, state.protocol)
+            log.error("session %s: snapshot unreadable while rewinding: %s", state.session_id, exc, extra=about)
             self._drop(state.session_id)
             return
         state.epoch = self._next_epoch()  # a decode on the second pass now belongs to the discarded state
@@ -648,7 +653,9 @@ class WorkerCore:
 
     def _fail(self, session_id: str, exc: BaseException | None) -> FromWorker:
         """One session's failure must not take the worker down."""
-        log.error("session %s failed in inference", session_id, exc_info=exc)
+        state = self.sessions.get(session_id)
+        extra = logs.about(session_id, state.protocol if state is not None else None)
+        log.error("session %s failed in inference", session_id, exc_info=exc, extra=extra)
         self._drop(session_id)
         return SessionFailed(session_id, f"inference failed: {type(exc).__name__}: {exc}")
 

@@ -26,6 +26,7 @@ import time
 import traceback
 from multiprocessing.connection import Connection
 
+from engine import logs
 from engine.messages import (
     HostConfig,
     HostFailed,
@@ -86,7 +87,8 @@ def host_main(conn: Connection, config: HostConfig) -> None:
     # process acts on them, and shuts the host and workers down in order (workers finish their strides first).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s model-host %(levelname)s %(message)s")
+    # The workers are forked from here and keep this configuration (json: what funasr prints becomes records too).
+    logs.configure(config.log_format, "%(asctime)s model-host %(levelname)s %(message)s")
     # Count GPUs through NVML so that CUDA itself is not initialised before we fork.
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     started = time.perf_counter()
