@@ -84,8 +84,8 @@ REAL_TIME_FACTOR = Histogram(
 )
 REJECTED = Counter(
     "parastream_rejected_requests_total",
-    "Requests refused before being served, by reason: service_full, not_ready (503), buffer_full (429 on a REST "
-    "append), payload_too_large (413), unauthorized (auth failures), and the limits' own reasons",
+    "Requests refused before being served, by reason: service_full, not_ready (503), too_many_sessions, rate_limited, "
+    "buffer_full (429), payload_too_large (413), unauthorized (401: a missing or wrong key)",
     ["reason"],
 )
 WEBSOCKETS_OPEN = Gauge("parastream_websocket_connections_open", "WebSocket connections open now", ["protocol"])
