@@ -46,6 +46,7 @@ from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect
 
 from app.errors import HTTPError, error_response
+from engine import metrics
 from engine.service import Engine
 from engine.settings import Settings
 
@@ -180,6 +181,7 @@ def websocket_caller(connection: HTTPConnection) -> Caller | None:
 async def refuse(websocket: WebSocket, message: str | None = None) -> None:
     """Close an accepted WebSocket whose caller has no valid key: `message` first (a text frame), if any, then
     WEBSOCKET_CLOSE with the reason "unauthorized". A client already gone is no error."""
+    metrics.reject("unauthorized")
     with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
         if message is not None:
             await websocket.send_text(message)
@@ -193,6 +195,7 @@ class Unauthorized(HTTPError):
     headers = {"WWW-Authenticate": "Bearer"}
 
     def __init__(self) -> None:
+        metrics.reject("unauthorized")  # counted where it is raised: OpenAI's routes answer it with their own handler
         super().__init__(401, "unauthorized", UNAUTHORIZED)
 
 
