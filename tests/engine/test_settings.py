@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,10 @@ def test_sentence_models_go_together() -> None:
     for partial in ({"vad_model": "fsmn-vad"}, {"offline_model": "paraformer-zh"}, {"punc_model": "ct-punc"}):
         with pytest.raises(ValueError, match="PARASTREAM_"):
             Settings(_env_file=None, **partial)
+
+
+def test_readme_operations_table_lists_every_setting_with_its_default() -> None:
+    readme = (ROOT / "README.md").read_text()
+    listed = dict(re.findall(r"^\| `(PARASTREAM_[A-Z0-9_]+)` \| `([^`]*)` \|", readme, flags=re.MULTILINE))
+    fields = {f"PARASTREAM_{name.upper()}": str(field.default) for name, field in Settings.model_fields.items()}
+    assert listed == fields
