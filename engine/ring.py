@@ -94,6 +94,10 @@ def unlink_segment(name: str) -> bool:
         return False
 
 
+def segment_exists(name: str) -> bool:
+    return os.path.exists(os.path.join(_SHM_DIR, name))
+
+
 def list_segments() -> list[str]:
     try:
         return sorted(n for n in os.listdir(_SHM_DIR) if _NAME_RE.match(n))

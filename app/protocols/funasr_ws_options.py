@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from engine.service import validate_options
 
 MAX_WAV_NAME_CHARS = 256  # echoed on every message: a long one would be copied into each
 MAX_HOTWORDS_CHARS = 16_384  # the same bound as POST /v1/sessions
+_INTEGER = re.compile(r"\s*-?[0-9]{1,18}\s*")  # a number as a string ("16000"), as FunASR's clients may send it
 PCM_FORMATS = ("pcm", "wav")  # FunASR's clients say "pcm", "PCM" (HTML5, a .wav), or nothing (funasr-client, a .wav)
 _DEFAULTS = StreamOptions()
 
@@ -69,6 +71,8 @@ def parse_text(text: str, base: Config) -> TextMessage:
         message = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"a text message must be a JSON object: {exc.msg} at character {exc.pos}") from exc
+    except (ValueError, RecursionError) as exc:  # a number of 4,300 digits or more; arrays nested past the stack
+        raise ProtocolError("a text message must be a JSON object this server can read: a number too long or nesting too deep") from exc
     if not isinstance(message, dict):
         raise ProtocolError("a text message must be a JSON object, e.g. {\"mode\": \"online\", \"is_speaking\": true}")
     changes: dict[str, Any] = {}
@@ -130,7 +134,7 @@ def _integer(key: str, value: object) -> int:
         raise ProtocolError(f"{key} must be an integer, not {value!r}")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and _INTEGER.fullmatch(value):  # ASCII digits: int() refuses "²", which isdigit() takes
         return int(value)
     if isinstance(value, float) and value.is_integer():
         return int(value)

@@ -209,6 +209,8 @@ class Connection:
                 event = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise BadEvent(f"the event is not JSON: {exc.msg}", "invalid_json") from None
+            except (ValueError, RecursionError):  # a number of 4,300 digits or more; arrays nested past the stack
+                raise BadEvent("the event is JSON this server cannot read: a number too long or nesting too deep", "invalid_json") from None
             if not isinstance(event, dict):
                 raise BadEvent("an event is a JSON object with a `type`", "invalid_event")
             event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None

@@ -63,7 +63,8 @@ async def session_events(
 def _parse_last_event_id(value: str | None) -> int:
     if value is None or value == "":
         return 0
-    if not value.isdigit():
+    # ASCII digits only, and few: str.isdigit() takes "²", which int() refuses, and int() refuses 4,300 digits or more.
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:
         raise HTTPError(400, "invalid_last_event_id", "Last-Event-ID must be an event id this stream sent (an integer)")
     return int(value)
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.ring import RingReader, _untracked, buffer, unlink_segment
+from engine.ring import RingReader, _untracked, buffer, segment_exists, unlink_segment
 
 MAGIC = b"PSSNAP03"
 _NUMPY_DTYPES = frozenset(
@@ -184,3 +184,8 @@ class SnapshotStore:
             old.close()
             unlink_segment(segment_name(self.ring.name, self.generation))
         self.generation = generation
+        if not segment_exists(self.ring.name):
+            # The session was aborted while this stride ran: the API process unlinked its ring, and then every snapshot
+            # segment there was, so this one would outlive the session. (The ring goes before the snapshots are listed,
+            # and this segment is made before the ring is looked for: one side always sees the other's.)
+            unlink_segment(segment_name(self.ring.name, generation))
