@@ -11,7 +11,7 @@ from fastapi import Request
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import HTTPError
+from app.errors import HTTPError, error_response
 from engine import metrics
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 DISCARD_S = 2.0
 
 PCM_CONTENT_TYPE = "application/octet-stream"
+# The largest JSON body a route takes (POST /v1/sessions, migrate; FastAPI's per-route max_body_size, refused from
+# the Content-Length or while reading). A constant, not a setting: the largest valid body (16 KiB of hotwords and
+# the options) is a quarter of it, so no operator has a reason to tune it; what it stops is a client holding a
+# request open on a huge Content-Length, or one sending megabytes of JSON to be parsed.
+MAX_JSON_BYTES = 65_536
 
 
 async def read_pcm_body(request: Request, limit: int) -> bytes:
@@ -121,3 +126,60 @@ class LingeringClose:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(drain(), self.max_s)
         log.debug("discarded %d bytes of a refused request body", discarded)
+
+
+# The largest JSON request body (POST /v1/sessions, migrate). A constant, not a setting: the largest valid body
+# (16 KiB of hotwords and the options) is a quarter of it, so no operator has a reason to tune it. What it stops is a
+# client holding a request open on a huge Content-Length, or sending megabytes of JSON to be parsed.
+MAX_JSON_BYTES = 65_536
+
+
+class _JsonTooLarge(Exception):
+    pass
+
+
+class JsonBodyLimit:
+    """Refuses a JSON body over MAX_JSON_BYTES with the API's 413: from its Content-Length before reading, or while
+    reading a chunked one. Audio and uploads are other content types, with their own limits (read_pcm_body,
+    PARASTREAM_MAX_UPLOAD_BYTES)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope) if scope["type"] == "http" else None
+        if headers is None or not headers.get("content-type", "").lower().startswith("application/json"):
+            await self.app(scope, receive, send)
+            return
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_JSON_BYTES:
+                raise _JsonTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _JsonTooLarge:
+            if started:
+                raise
+            await self._refuse(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
+        metrics.reject("payload_too_large")
+        message = f"JSON body over {MAX_JSON_BYTES} bytes: larger than any valid request"
+        await error_response(413, "payload_too_large", message, limit=MAX_JSON_BYTES)(scope, receive, send)

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import auth, errors
-from app.body import LingeringClose
+from app.body import JsonBodyLimit, LingeringClose
 from app.log_context import SessionLogContext
 from app.protocols import funasr_ws, openai_audio, openai_realtime
 from app.routes import events, health, page, sessions
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.settings = settings
     errors.install(app)
     # A refused body is read (a bounded amount) before the answer, so the client can read it (app/body.py).
+    app.add_middleware(JsonBodyLimit)  # inside LingeringClose: a refused body is still discarded readably
     app.add_middleware(LingeringClose, max_bytes=settings.max_discard_bytes)
     auth.install(app, settings)  # keys, 401s, CORS (docs/operations.md)
     app.add_middleware(SessionLogContext)  # the session a request's path names, on its log lines (engine/logs.py)

@@ -40,6 +40,11 @@ def _workers(engine: Engine) -> list[WorkerInfo]:
     return [WorkerInfo.from_view(view) for view in engine.workers()]
 
 
-@router.get("/metrics", dependencies=[Depends(require_metrics)])  # an admin key unless PARASTREAM_METRICS_PUBLIC
+@router.get(
+    "/metrics",
+    dependencies=[Depends(require_metrics)],  # an admin key unless PARASTREAM_METRICS_PUBLIC
+    response_class=Response,  # the schema must not promise JSON: it is Prometheus' text format
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
+)
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
