@@ -223,7 +223,7 @@ async def funasr_utterance(url: str, pcm: np.ndarray, **connect: Any) -> list[di
 
 def funasr_sessions(service: ServiceProcess) -> list[str]:
     """The ids of the sessions FunASR's WebSocket opened, in order, from the service's log line for each."""
-    return re.findall(r"FunASR WebSocket.*session ([0-9a-f]{32})", service.log(tail=10**7))
+    return re.findall(r"FunASR WebSocket utterance \d+ of its connection is session ([0-9a-f]{32})", service.log(tail=10**7))
 
 
 def test_funasr_websocket_needs_a_key_and_its_sessions_are_owned(keyed: ServiceProcess, http: httpx.Client) -> None:

@@ -36,6 +36,17 @@ from tests.helpers import collect
 FUNASR_CLIENT_CHUNK = [5, 10, 5]  # what funasr-client sends; it sends no look-backs: the service defaults apply
 
 
+def funasr_session_ids(svc: ServiceProcess) -> list[str]:
+    """The ids of the sessions FunASR's WebSocket opened, in order, from the service's log line for each (the line
+    names no client field: the test takes the first id that appears after its own connection)."""
+    return re.findall(r"FunASR WebSocket utterance \d+ of its connection is session ([0-9a-f]{32})", svc.log(tail=10**9))
+
+
+def new_session_id(svc: ServiceProcess, before: int) -> str | None:
+    ids = funasr_session_ids(svc)
+    return ids[before] if len(ids) > before else None
+
+
 def ws_url(svc: ServiceProcess) -> str:
     return svc.base_url.replace("http://", "ws://", 1) + "/"
 
@@ -293,10 +304,10 @@ def test_dropped_socket_aborts_its_session(service: ServiceProcess) -> None:
     """The session of a socket that drops mid-stream is aborted at once (GET answers 404; the fixture's teardown
     checks that no ring is left), not left open for the idle timeout."""
     name = f"drop-{np.random.default_rng().integers(1 << 30)}"
+    before = len(funasr_session_ids(service))
 
     def session_id() -> str | None:
-        found = re.search(rf"FunASR WebSocket session ([0-9a-f]{{32}}): .*'{name}'", service.log(tail=10**9))
-        return found.group(1) if found else None
+        return new_session_id(service, before)
 
     async def run() -> None:
         ws = await websockets.connect(ws_url(service))
@@ -322,10 +333,10 @@ def test_worker_killed_mid_utterance_changes_no_word(service: ServiceProcess) ->
     name = f"crash-{np.random.default_rng().integers(1 << 30)}"
     pcm = synth_speechlike(6.0, seed=67)
     frame = 1920  # FunASR's Python client's 60 ms frames, sent at twice real time
+    before = len(funasr_session_ids(service))
 
     def session_id() -> str | None:
-        found = re.search(rf"FunASR WebSocket session ([0-9a-f]{{32}}): .*'{name}'", service.log(tail=10**9))
-        return found.group(1) if found else None
+        return new_session_id(service, before)
 
     async def run() -> tuple[list[dict[str, Any]], dict[str, Any], list[TranscriptEvent]]:
         async with websockets.connect(ws_url(service), subprotocols=["binary"]) as ws, httpx.AsyncClient(
