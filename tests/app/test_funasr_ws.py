@@ -29,9 +29,11 @@ from websockets.asyncio.client import ClientConnection
 from app.client import ParastreamClient, TranscriptEvent
 from app.protocols.funasr_ws_options import ProtocolError, strip_wav_header
 from benchmarks.audio import synth_sentences
+from engine.messages import StreamOptions
 from tests.audio import synth_speechlike
 from tests.harness import ServiceProcess, wait_for
 from tests.helpers import collect
+from tests.reference_cache import reference_tokens
 
 FUNASR_CLIENT_CHUNK = [5, 10, 5]  # what funasr-client sends; it sends no look-backs: the service defaults apply
 
@@ -93,7 +95,9 @@ def last_text(events: list[TranscriptEvent]) -> str:
     return [e.data["text"] for e in events if e.type in ("partial", "sentence") and e.data["text"]][-1]
 
 
-def test_funasr_client_online_equals_rest(service: ServiceProcess, tmp_path: Path) -> None:
+def test_funasr_client_online_equals_rest(service: ServiceProcess, model_dir: Path, tmp_path: Path) -> None:
+    """funasr-client's online messages join to the REST transcript with its options, and that is FunASR's own loop's
+    with the same options (chunk_size [5, 10, 5], the service's look-backs)."""
     pcm = synth_speechlike(4.0, seed=61)
     path = write_wav(tmp_path / "online.wav", pcm)
 
@@ -107,6 +111,8 @@ def test_funasr_client_online_equals_rest(service: ServiceProcess, tmp_path: Pat
     assert messages[-1]["text"] == last_text(rest)
     assert "".join(m["text"] for m in messages) == "".join(texts(rest, "partial")) == rest[-1].data["text"]
     assert rest[-1].data["text"]  # the clip has text, so the comparison means something
+    options = StreamOptions(tuple(FUNASR_CLIENT_CHUNK))  # type: ignore[arg-type]
+    assert rest[-1].data["tokens"] == reference_tokens(model_dir, pcm, options)
 
 
 def test_funasr_client_2pass_equals_rest(twopass_service: ServiceProcess, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +27,7 @@ from engine.settings import Settings
 from tests.audio import synth_speechlike
 from tests.harness import ServiceProcess
 from tests.helpers import collect
+from tests.reference_cache import reference_tokens
 
 
 def rest_events(base_url: str, pcm: np.ndarray, sample_rate: int = 16000, **options: Any) -> list[TranscriptEvent]:
@@ -76,11 +78,12 @@ def test_models_lists_what_is_served(service: ServiceProcess, twopass_service: S
     assert missing.value.body["code"] == "model_not_found"
 
 
-def test_every_format_of_the_online_pipeline_equals_the_rest_transcript(service: ServiceProcess) -> None:
-    """json, text, verbose_json, srt and vtt of one clip: the REST session's final text; segments are the partials'
-    strides (online mode), and the subtitles are those segments."""
+def test_every_format_of_the_online_pipeline_equals_the_rest_transcript(service: ServiceProcess, model_dir: Path) -> None:
+    """json, text, verbose_json, srt and vtt of one clip: the REST session's final text, itself FunASR's own loop's;
+    segments are the partials' strides (online mode), and the subtitles are those segments."""
     pcm = synth_speechlike(3.5, seed=31)
     rest = rest_events(service.base_url, pcm)
+    assert rest[-1].data["tokens"] == reference_tokens(model_dir, pcm)
     text = rest[-1].data["text"]
     client = sdk(service)
     plain = client.audio.transcriptions.create(file=("clip.wav", wav(pcm)), model="whisper-1")
@@ -158,7 +161,9 @@ def test_the_offline_pipeline_gives_sentences_words_and_hotwords(
 
 
 @pytest.mark.parametrize("fmt, subtype", [("FLAC", "PCM_16"), ("OGG", "VORBIS")])
-def test_a_stereo_44k_file_is_mixed_to_mono_and_resampled(service: ServiceProcess, fmt: str, subtype: str) -> None:
+def test_a_stereo_44k_file_is_mixed_to_mono_and_resampled(
+    service: ServiceProcess, model_dir: Path, fmt: str, subtype: str
+) -> None:
     """The file is decoded, its channels averaged and resampled to 16 kHz: a REST session fed decode_audio's result
     (the endpoint's own function) has the same transcript."""
     left, right = synth_speechlike(2.5, seed=34, sample_rate=44_100), synth_speechlike(2.5, seed=35, sample_rate=44_100)
@@ -168,7 +173,8 @@ def test_a_stereo_44k_file_is_mixed_to_mono_and_resampled(service: ServiceProces
     pcm = decode_audio(io.BytesIO(data), 16000)
     assert abs(len(pcm) - 40_000) <= 1  # 2.5 s at 16 kHz
     answer = sdk(service).audio.transcriptions.create(file=(f"clip.{fmt.lower()}", data), model="whisper-1")
-    assert answer.text == rest_events(service.base_url, pcm)[-1].data["text"]
+    rest = rest_events(service.base_url, pcm)[-1].data
+    assert answer.text == rest["text"] and rest["tokens"] == reference_tokens(model_dir, pcm)  # FunASR's own loop
 
 
 def test_a_file_that_is_no_audio_is_415(service: ServiceProcess) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,10 +15,12 @@ import websockets
 from openai import AsyncOpenAI
 
 from benchmarks.audio import synth_sentences
+from engine.audio import Downsampler24k
 from tests.app.test_openai import rest_events
 from tests.audio import synth_speechlike
 from tests.harness import ServiceProcess
 from tests.helpers import metric, until
+from tests.reference_cache import reference_tokens
 
 RATE = 24_000
 CHUNK = RATE // 10  # 100 ms appends, as a microphone client sends them
@@ -59,7 +62,7 @@ def items(events: list[Any]) -> dict[str, dict[str, Any]]:
     return done
 
 
-def test_online_items_per_commit_equal_the_rest_transcript(service: ServiceProcess) -> None:
+def test_online_items_per_commit_equal_the_rest_transcript(service: ServiceProcess, model_dir: Path) -> None:
     """Without a VAD each commit is one item: its deltas (the partials) add up to its transcript, which is the
     REST transcript of the same 24 kHz PCM. A bad event gets an `error` event and the connection carries on."""
     clips = [synth_speechlike(2.0, seed=41, sample_rate=RATE), synth_speechlike(1.5, seed=42, sample_rate=RATE)]
@@ -103,8 +106,10 @@ def test_online_items_per_commit_equal_the_rest_transcript(service: ServiceProce
     done = items(events)
     assert list(done) == [c.item_id for c in committed]
     for item, pcm in zip(done.values(), clips):
-        text = rest_events(service.base_url, pcm, sample_rate=RATE)[-1].data["text"]
-        assert item["deltas"] == item["transcript"] == text
+        rest = rest_events(service.base_url, pcm, sample_rate=RATE)[-1].data
+        assert item["deltas"] == item["transcript"] == rest["text"]
+        # ...and that is FunASR's own loop on the 16 kHz audio the split-invariant resampler makes of the clip
+        assert rest["tokens"] == reference_tokens(model_dir, Downsampler24k().process(pcm))
 
 
 def test_the_beta_client_and_clear(service: ServiceProcess) -> None:

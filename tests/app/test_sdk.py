@@ -34,6 +34,7 @@ from benchmarks.common import free_port
 from tests.audio import synth_speechlike
 from tests.harness import ServiceProcess
 from tests.helpers import collect
+from tests.reference_cache import reference_tokens
 
 
 async def rest_events(base_url: str, pcm: np.ndarray, sample_rate: int = 16000, **options: object) -> list[TranscriptEvent]:
@@ -84,7 +85,8 @@ def odd_frames(pcm: np.ndarray, seed: int) -> Iterator[bytes]:
         pos += n
 
 
-def test_every_kind_of_source_gives_the_rest_transcript(service: ServiceProcess, tmp_path: Path) -> None:
+def test_every_kind_of_source_gives_the_rest_transcript(service: ServiceProcess, model_dir: Path, tmp_path: Path) -> None:
+    """Every source kind gives the REST session's events, and those are FunASR's own loop's tokens."""
     url = service.base_url
     pcm = synth_speechlike(4.3, seed=21)
     wav = write_wav(tmp_path / "clip.wav", pcm)
@@ -95,6 +97,7 @@ def test_every_kind_of_source_gives_the_rest_transcript(service: ServiceProcess,
 
     async def run() -> None:
         reference = await rest_events(url, pcm)
+        assert reference[-1].data["tokens"] == reference_tokens(model_dir, pcm)
         async with AsyncClient(url) as client:
             for source in (pcm, str(wav), wav, pcm.tobytes(), odd_frames(pcm, 1), array_frames(), [pcm[:7000], pcm[7000:]]):
                 events = [e async for e in client.transcribe(source)]
