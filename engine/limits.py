@@ -9,6 +9,7 @@ with 429 and Retry-After; a WebSocket connection keeps reading and gathers the a
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -37,3 +38,15 @@ class TokenBucket:
         if wait == 0:
             self.tokens -= 1
         return wait
+
+    async def admit(self, gathered: int, most: int) -> bool:
+        """For a source that gathers its audio (the WebSocket protocols): True when the `gathered` bytes may be
+        appended now, a token taken; False: keep gathering. Once `gathered` reaches `most` it waits for a token
+        instead (most=0: always wait), reading nothing meanwhile, so TCP slows the client down."""
+        wait = self.take()
+        if wait and gathered < most:
+            return False
+        while wait:
+            await asyncio.sleep(wait)
+            wait = self.take()
+        return True

@@ -214,13 +214,8 @@ class Connection:
         if len(utterance.buffer) < utterance.session.sample_rate * 2 * MIN_APPEND_MS // 1000:
             return
         bucket = utterance.session.appends
-        if bucket is not None:
-            wait = bucket.take()
-            if wait and len(utterance.buffer) < self.settings.max_append_bytes:
-                return  # held back: held_back() times the next try
-            while wait:
-                await asyncio.sleep(wait)
-                wait = bucket.take()
+        if bucket is not None and not await bucket.admit(len(utterance.buffer), self.settings.max_append_bytes):
+            return  # held back: held_back() times the next try
         await self.append(utterance)
 
     def held_back(self) -> float | None:

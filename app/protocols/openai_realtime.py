@@ -264,13 +264,8 @@ class Connection:
             return
         segment = self._open_segment()
         bucket = segment.session.appends
-        if bucket is not None:
-            delay = bucket.take()
-            if delay and not wait and len(self.held) < self.settings.max_append_bytes:
-                return
-            while delay:
-                await asyncio.sleep(delay)
-                delay = bucket.take()
+        if bucket is not None and not await bucket.admit(len(self.held), 0 if wait else self.settings.max_append_bytes):
+            return
         pcm = bytes(self.held)
         self.held.clear()
         for attempt in range(2):
