@@ -13,8 +13,9 @@ STAMP  := $(VENV)/.installed-stamp
 
 # Debian packages: espeak-ng synthesises the demo model's training and evaluation speech (the accuracy tests and
 # `parastream demo --say`); chromium runs the browser page's end-to-end test (Playwright drives the system browser,
-# since browser downloads are not possible here). Installed when missing and we may (root with apt-get).
-DEBS := espeak-ng chromium
+# since browser downloads are not possible here); haproxy and redis-server run the cluster's end-to-end test and
+# benchmark (docs/cluster.md). Installed when missing and we may (root with apt-get).
+DEBS := espeak-ng chromium haproxy redis-server
 system-deps:
 	@missing=""; for cmd in $(DEBS); do command -v $$cmd >/dev/null || missing="$$missing $$cmd"; done; \
 	if [ -n "$$missing" ]; then \

@@ -235,23 +235,24 @@ async def require_metrics(request: Request) -> None:
         await require_admin(await require_key(request))
 
 
-def _owned(request: Request, caller: Caller) -> None:
-    """404, as for an unknown id, when the route's session is not the caller's."""
+async def _owned(request: Request, caller: Caller) -> None:
+    """404, as for an unknown id, when the route's session is not the caller's. (In a cluster, a session of a lost
+    node is taken over here, before the route runs: `Engine.find`.)"""
     session_id = request.path_params.get("session_id")
     if session_id is not None:
         engine: Engine = request.app.state.engine
-        engine.get(session_id, owner=caller.owner)
+        await engine.find(session_id, owner=caller.owner)
 
 
 async def session_access(request: Request, caller: CallerDep) -> Caller:
     """The caller of a /v1/sessions route, whose session (if the path names one) must be the caller's."""
-    _owned(request, caller)
+    await _owned(request, caller)
     return caller
 
 
 async def events_access(request: Request, caller: Annotated[Caller, Depends(require_key_or_query)]) -> Caller:
     """session_access for the event stream (`?api_key=` taken too)."""
-    _owned(request, caller)
+    await _owned(request, caller)
     return caller
 
 

@@ -154,7 +154,9 @@ async def _serve(overrides: dict[str, object]) -> int:
     sock = listening_socket(settings.host, settings.port, settings.send_buffer_bytes)
     if sock is not None:  # uvicorn announces only the sockets it binds itself
         log.info("listening on %s:%d, send buffer %d bytes", settings.host, settings.port, settings.send_buffer_bytes)
-    await DrainingServer(config, engine, drain_s).serve(sockets=None if sock is None else [sock])
+    server = DrainingServer(config, engine, drain_s)
+    app.state.request_drain = server.request_drain  # POST /v1/admin/drain (app/routes/admin.py)
+    await server.serve(sockets=None if sock is None else [sock])
     return 0
 
 

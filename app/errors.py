@@ -28,6 +28,7 @@ from engine.errors import (
     OffsetGap,
     RateLimited,
     ServiceFull,
+    SessionElsewhere,
     SessionNotFound,
     SessionNotOpen,
     TooManySessions,
@@ -48,6 +49,7 @@ STATUS: dict[type[EngineError], int] = {
     RateLimited: 429,
     ServiceFull: 503,
     NotReady: 503,
+    SessionElsewhere: 503,
 }
 
 

@@ -9,9 +9,10 @@ from fastapi import FastAPI
 
 from app import auth, errors
 from app.body import JsonBodyLimit, LingeringClose
+from app.cluster_headers import ClusterHeaders
 from app.log_context import SessionLogContext
-from app.protocols import funasr_ws, openai_audio, openai_realtime
-from app.routes import events, health, page, sessions
+from app.protocols import funasr_ws, haproxy_agent, openai_audio, openai_realtime
+from app.routes import admin, events, health, page, sessions
 from engine.service import Engine
 from engine.settings import Settings
 
@@ -27,9 +28,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         if not eng.started:
             await eng.start()
         app.state.engine = eng
+        agent = None
+        if settings.cluster_agent_port:  # HAProxy's agent-check (app/protocols/haproxy_agent.py)
+            agent = await haproxy_agent.serve(eng, settings.host, settings.cluster_agent_port)
         try:
             yield
         finally:
+            if agent is not None:
+                agent.close()
             await eng.stop()
 
     app = FastAPI(
@@ -45,9 +51,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(LingeringClose, max_bytes=settings.max_discard_bytes)
     auth.install(app, settings)  # keys, 401s, CORS (docs/operations.md)
     app.add_middleware(SessionLogContext)  # the session a request's path names, on its log lines (engine/logs.py)
+    if settings.cluster_redis:  # what HAProxy's stick table learns sessions from (app/cluster_headers.py)
+        app.add_middleware(ClusterHeaders, node=settings.cluster_node_name)
     app.include_router(sessions.router)
     app.include_router(events.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     app.include_router(page.router)
     app.include_router(funasr_ws.router)
     app.include_router(openai_audio.router)

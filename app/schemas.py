@@ -118,6 +118,12 @@ class MigrateResult(BaseModel):
 class AppendResult(BaseModel):
     id: str
     samples_received: int = Field(description="Total samples received so far, at the session's sample rate")
+    samples_durable: int = Field(
+        description=(
+            "Samples the service keeps even if its node is lost: a client may forget the audio before this offset "
+            "and must keep what follows to replay it (docs/cluster.md). Without a cluster, equal to samples_received."
+        )
+    )
 
 
 class ErrorBody(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import signal
 import socket
 from types import FrameType
 
@@ -35,6 +36,13 @@ class DrainingServer(uvicorn.Server):
             super().handle_exit(sig, frame)  # second signal, or not serving yet: exit now
             return
         self._drain = asyncio.run_coroutine_threadsafe(self._drain_then_exit(sig), self._loop)  # only enqueues
+
+    def request_drain(self) -> bool:
+        """`POST /v1/admin/drain`: the same drain as SIGTERM, then exit; False if one is already under way."""
+        if self._drain is not None:
+            return False
+        self.handle_exit(signal.SIGTERM, None)
+        return True
 
     async def _drain_then_exit(self, sig: int) -> None:
         try:

@@ -51,6 +51,12 @@ class NotReady(EngineError):
     code = "not_ready"
 
 
+class SessionElsewhere(EngineError):
+    """The session is another node's (engine/cluster/): alive there, being handed over, or for another model."""
+
+    code = "session_elsewhere"
+
+
 class InvalidOptions(EngineError):
     """Session options FunASR cannot run with (chunk_size, sample_rate, look-backs)."""
 

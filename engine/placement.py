@@ -255,6 +255,14 @@ class Placement:
                 extra=logs.fields(session),
             )
 
+    def take_over(self, session: Session) -> int | None:
+        """Place a session another node began (engine/cluster/) on the least-loaded ready worker, which carries it on
+        from its snapshot as after a crash; None if no worker is ready."""
+        slot = self.choose()
+        if slot is not None:
+            self._restore_on(slot, session)
+        return slot
+
     def _restore_on(self, slot: int, session: Session) -> None:
         assert session.ring is not None
         self.assign(session.id, slot)

@@ -178,7 +178,11 @@ class RingWriter(_Ring):
     """The HTTP process's end: creates, writes, and finally unlinks the segment."""
 
     @classmethod
-    def create(cls, capacity_samples: int, name: str | None = None) -> RingWriter:
+    def create(
+        cls, capacity_samples: int, name: str | None = None, *, start: int = 0, snapshot_gen: int = 0
+    ) -> RingWriter:
+        """A new, empty ring. `start` and `snapshot_gen`: for a session another node began (engine/cluster/), its
+        positions go on from the snapshot it brings (installed as generation `snapshot_gen` beforehand)."""
         name = name or new_segment_name()
         with _untracked():
             shm = SharedMemory(name=name, create=True, size=HEADER_BYTES + 2 * capacity_samples)
@@ -186,6 +190,8 @@ class RingWriter(_Ring):
         header = np.ndarray((HEADER_BYTES // 8,), dtype="<u8", buffer=shm.buf)
         header[1:] = 0
         header[1] = capacity_samples
+        header[2] = header[3] = start
+        header[4] = snapshot_gen
         del header
         return cls(shm)
 
@@ -204,6 +210,14 @@ class RingWriter(_Ring):
             self._data[: n - first] = samples[first:]
         self._header[2] = start + n  # publish after the data (see module docstring)
         return start + n
+
+    def copy(self, start: int, end: int) -> bytes:
+        """Samples [start, end) as bytes, while they are held (engine/cluster/ replicates them to another node)."""
+        if start < self.read_pos or end > self.write_pos or start > end:
+            raise ValueError(f"samples [{start}, {end}) are not held ({self.read_pos}..{self.write_pos})")
+        head, n = start % self.capacity, end - start
+        first = min(n, self.capacity - head)
+        return (self._data[head : head + first].tobytes() + self._data[: n - first].tobytes()) if n else b""
 
     def unlink(self) -> None:
         """Unlink the ring and every snapshot segment of its session."""

@@ -14,6 +14,7 @@ import logging
 import math
 import secrets
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import Histogram
@@ -28,6 +29,7 @@ from engine.errors import (
     OffsetGap,
     RateLimited,
     ServiceFull,
+    SessionElsewhere,
     SessionNotFound,
     SessionNotOpen,
     TooManySessions,
@@ -54,6 +56,9 @@ from engine.sessions import Session, SessionState
 from engine.settings import Settings
 from engine.supervisor import Supervisor
 from engine.units import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from engine.cluster.node import ClusterNode
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,7 @@ class Engine:
         self.draining = False
         self._reaper: asyncio.Task[None] | None = None
         self._balancer: asyncio.Task[None] | None = None
+        self.cluster: ClusterNode | None = None  # with PARASTREAM_CLUSTER_REDIS (engine/cluster/node.py)
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
@@ -90,6 +96,11 @@ class Engine:
         stale = sweep_segments(stale_only=True)
         if stale:
             log.warning("removed %d shared-memory segments left by a previous instance", len(stale))
+        if self.settings.cluster_redis:
+            from engine.cluster.node import ClusterNode  # the redis client is imported only where it is used
+
+            self.cluster = ClusterNode(self)
+            await self.cluster.start()
         await self.supervisor.start(self)
         self._reaper = asyncio.create_task(self._reap_loop())
         if self.settings.rebalance_interval_s > 0:
@@ -110,24 +121,28 @@ class Engine:
 
         New sessions and new audio are refused from now on. Each open session's full strides already in its ring
         are transcribed; closed sessions get their final. What is still open when that is done, or when `timeout`
-        runs out, gets an `error` event saying the server is shutting down."""
+        runs out, gets an `error` event saying the server is shutting down. In a cluster, first the node's own
+        drain (engine/cluster/node.py): open sessions get PARASTREAM_CLUSTER_DRAIN_S to finish, then move to
+        another node."""
         self.accepting = False
+        if self.cluster is not None:
+            await self.cluster.drain(self.settings.cluster_drain_s)
         self.draining = True
-        targets = {s.id: s.ring_pos // s.options.stride_samples * s.options.stride_samples for s in self._live()}
+        targets = {s.id: s.ring_pos // s.options.stride_samples * s.options.stride_samples for s in self.live()}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             busy = [
-                s for s in self._live()
+                s for s in self.live()
                 if s.state is SessionState.CLOSING or s.processed_pos < targets.get(s.id, 0)
             ]
             if not busy:
                 break
             await asyncio.sleep(0.05)
-        for session in self._live():
+        for session in self.live():
             done = session.samples_processed
             self._fail(session, ErrorCode.SHUTDOWN, f"the server is shutting down; audio up to sample {done} was transcribed")
 
-    def _live(self) -> list[Session]:
+    def live(self) -> list[Session]:
         return [s for s in self.sessions.values() if s.state.holds_resources]
 
     async def stop(self) -> None:
@@ -143,6 +158,8 @@ class Engine:
             if session.state.holds_resources:
                 self._fail(session, ErrorCode.SHUTDOWN, "the server is shutting down")
         await self.supervisor.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
         metrics.unwatch(self)
         sweep_segments()  # anything this process still owns
 
@@ -225,6 +242,53 @@ class Engine:
         )
         return session
 
+    async def open_session(
+        self, sample_rate: int, options: StreamOptions, pipeline: PipelineOptions | None = None, *, owner: str | None
+    ) -> Session:
+        """A REST session: `create_session`, and in a cluster its record in the directory before the answer, so
+        that it outlives this node from its first request on."""
+        session = self.create_session(sample_rate, options, pipeline, owner=owner)
+        if self.cluster is not None:
+            try:
+                await self.cluster.register(session)
+            except Exception as exc:
+                self.abort(session.id)
+                raise NotReady(f"the session directory is unreachable: {exc}", retry_after_s=2) from exc
+        return session
+
+    async def find(self, session_id: str, owner: str | None = None) -> Session:
+        """`get`, and in a cluster a session this node does not hold is looked up in the directory and taken over
+        when its node is gone (engine/cluster/node.py)."""
+        if session_id not in self.sessions and self.cluster is not None:
+            await self.cluster.adopt(session_id)
+        return self.get(session_id, owner)
+
+    def durable(self, session: Session) -> int:
+        """Samples a client need not keep: all it sent, unless a cluster replicates the session less often."""
+        return session.samples_received if session.samples_durable is None else session.samples_durable
+
+    def take_over(self, session: Session) -> bool:
+        """A session another node began, rebuilt from its replica: a worker carries it on from the snapshot."""
+        self.sessions[session.id] = session
+        if self.placement.take_over(session) is None:
+            del self.sessions[session.id]
+            return False
+        metrics.SESSIONS_OPEN.set(self.open_sessions())
+        return True
+
+    def release(self, session: Session) -> None:
+        """Let a session go to another node, quietly: its worker drops it, its subscribers resume elsewhere."""
+        if session.state.holds_resources:
+            self.supervisor.send(self.placement.route(session.id), AbortSession(session.id))
+            self.placement.forget(session.id)
+            if session.ring is not None:
+                session.ring.unlink()
+                session.ring = None
+            session.ended_at = time.monotonic()
+            session.move_away()
+        self.sessions.pop(session.id, None)
+        metrics.SESSIONS_OPEN.set(self.open_sessions())
+
     def get(self, session_id: str, owner: str | None = None) -> Session:
         """The session; with `owner`, only if it is that owner's: another's is not found, exactly as an unknown id."""
         session = self.sessions.get(session_id)
@@ -256,7 +320,7 @@ class Engine:
         rings' write positions and what each worker reported processed), for /metrics at scrape time."""
         state = metrics.StateMetrics()
         per_worker = {slot.index: [0, 0, 0] for slot in self.supervisor.slots}
-        for session in self._live():
+        for session in self.live():
             state.by_kind[(session.pipeline.mode.value, session.protocol)] += 1
             slot = self.placement.worker(session.id)
             if slot is None:
@@ -321,6 +385,8 @@ class Engine:
         if self.draining:
             metrics.reject("not_ready")
             raise NotReady("the server is shutting down; it takes no more audio", retry_after_s=5)
+        if session.handing_off:
+            raise SessionElsewhere(f"session {session_id} is moving to another node; retry", retry_after_s=1)
         needed = session.resampler.output_len(n) if session.resampler is not None else n
         if needed > session.ring.free:  # checked before the resampler's state moves
             behind_s = (session.ring.used + needed - session.ring.capacity) / SAMPLE_RATE
@@ -343,8 +409,17 @@ class Engine:
         metrics.APPEND_LATENCY.observe(time.perf_counter() - started)
         return session
 
-    def close(self, session_id: str, reason: str = "closed") -> Session:
+    def close(self, session_id: str, reason: str = "closed", offset: int | None = None) -> Session:
+        """Close after the audio received. With `offset` (the client's end offset), a session that has not received
+        all of it (another node carried it on from a replica) refuses with 409 `offset_gap` and `expected_offset`."""
         session = self.get(session_id)
+        if offset is not None and offset > session.samples_received and session.state is SessionState.OPEN:
+            raise OffsetGap(
+                f"offset {offset}: {session.samples_received} samples received; send the rest, then close",
+                expected_offset=session.samples_received,
+            )
+        if session.handing_off:
+            raise SessionElsewhere(f"session {session_id} is moving to another node; retry", retry_after_s=1)
         if session.state is SessionState.OPEN:
             session.state = SessionState.CLOSING
             session.close_reason = reason
@@ -441,6 +516,8 @@ class Engine:
             if not msg.final:
                 self._observe_latency(metrics.PARTIAL_LATENCY, session, msg.processed_pos)
         self._forget_arrivals(session)
+        if self.cluster is not None and not msg.final:
+            self.cluster.on_stride(session)
         if msg.final:
             # Online: the whole-session text FunASR post-processes once. 2pass/offline: the sentences joined.
             session.transcript = session.text if session.pipeline.mode.sentences else msg.transcript
@@ -502,6 +579,8 @@ class Engine:
         """Free what the session holds; the record itself stays readable for finished_session_ttl_s."""
         session.state = state
         session.ended_at = time.monotonic()
+        if self.cluster is not None:
+            self.cluster.on_end(session)
         self.placement.forget(session.id)
         if session.ring is not None:
             session.ring.unlink()

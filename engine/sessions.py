@@ -34,6 +34,7 @@ class SessionState(str, Enum):
     FINISHED = "finished"  # final event sent
     FAILED = "failed"  # error event sent (worker died, inference failed, shutdown)
     ABORTED = "aborted"  # DELETE
+    MOVED = "moved"  # handed off to another node in a drain (engine/cluster/): its subscribers reconnect there
 
     @property
     def holds_resources(self) -> bool:
@@ -75,6 +76,10 @@ class Session:
     ended_at: float | None = None
     appends: TokenBucket | None = None  # PARASTREAM_MAX_APPENDS_PER_S (engine/limits.py); None: unlimited
     resampler: Resampler | None = None  # to 16 kHz, for a session at another rate (engine/audio.py)
+    # In a cluster (engine/cluster/): samples in the last replica, which a client need not keep (None: without a
+    # cluster, every sample received); and whether the session is being handed off (appends wait meanwhile).
+    samples_durable: int | None = None
+    handing_off: bool = False
     history: int = 1000  # events kept for resume
     events: list[Event] = field(default_factory=list)
     dropped: int = 0  # events trimmed from the front of the log; event id i sits at events[i - 1 - dropped]
@@ -157,20 +162,28 @@ class Session:
     def ended(self) -> bool:
         return bool(self.events) and self.events[-1].terminal
 
+    def move_away(self) -> None:
+        """Handed off to another node: subscribers stop here, without an ending, and resume there."""
+        self.state = SessionState.MOVED
+        self._wake()
+
     async def follow(self, after: int = 0) -> AsyncIterator[Event]:
         """Every event with id > `after` as it comes, up to and including the terminal one (for protocols that
         relay a whole session; a resuming subscriber uses `events_after` and `dropped`)."""
         while True:
-            for event in await self.events_after(after):
+            events = await self.events_after(after)
+            for event in events:
                 yield event
                 after = event.id
                 if event.terminal:
                     return
+            if not events and self.state is SessionState.MOVED:
+                return
 
     async def events_after(self, last_id: int, processed_seen: int | None = None) -> list[Event]:
         """Events with id > last_id still in the log, waiting for at least one unless the log has ended. With
         `processed_seen`, also return (maybe with no event) as soon as the processed count differs from it."""
-        while self.last_event_id <= last_id and not self.ended:
+        while self.last_event_id <= last_id and not self.ended and self.state is not SessionState.MOVED:
             if processed_seen is not None and self.samples_processed != processed_seen:
                 break
             await self._changed.wait()

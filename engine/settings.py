@@ -7,6 +7,8 @@ step. This module imports neither torch nor FastAPI: both the HTTP process and t
 from __future__ import annotations
 
 import os
+import re
+import socket
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -215,6 +217,43 @@ class Settings(BaseSettings):
         description="Session-count difference between the busiest and the idlest ready worker that triggers a move.",
     )
 
+    # --- cluster (docs/cluster.md) ---
+    cluster_redis: str = Field(
+        "",
+        description=(
+            "Redis URL of the shared session directory and snapshot store (redis://[:password@]host:6379/0). Empty: "
+            "this node runs alone. Set: REST online sessions are replicated there and survive this node's loss."
+        ),
+    )
+    cluster_node: str = Field(
+        "", description="This node's name in the directory; unique per node. Empty: <hostname>:<port>."
+    )
+    cluster_prefix: str = Field("parastream:", description="Prefix of every Redis key the cluster writes.")
+    cluster_replicate_strides: int = Field(
+        10,
+        ge=1,
+        description=(
+            "A session's snapshot is copied to Redis every this many strides (10 = 6 s of audio): after a node's loss "
+            "at most this much is replayed by the client; smaller costs more bytes per second (docs/cluster.md)."
+        ),
+    )
+    cluster_node_ttl_s: float = Field(
+        3.0,
+        gt=0,
+        description="A node whose heartbeat is this old is dead: another node may take its sessions over.",
+    )
+    cluster_drain_s: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM or POST /v1/admin/drain, how long open sessions may finish before they are handed off.",
+    )
+    cluster_agent_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="TCP port of the HAProxy agent-check (free capacity, drain, down); 0: none.",
+    )
+
     @model_validator(mode="after")
     def _sentence_models_together(self) -> Settings:
         if bool(self.vad_model) != bool(self.offline_model):
@@ -242,6 +281,15 @@ class Settings(BaseSettings):
         if self.device == "cuda" and gpu_count:
             return gpu_count
         return default_workers()
+
+    @property
+    def cluster_node_name(self) -> str:
+        return self.cluster_node or f"{socket.gethostname()}:{self.port}"
+
+    @property
+    def cluster_redis_display(self) -> str:
+        """The Redis URL without its password, for logs."""
+        return re.sub(r"//[^@/]*@", "//***@", self.cluster_redis)
 
     @property
     def ring_capacity_samples(self) -> int:

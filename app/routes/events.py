@@ -26,7 +26,7 @@ from app.routes.sessions import ERRORS
 from app.schemas import GapData, ProgressData, TranscriptEvent, event_data
 from engine.events import Final, Partial
 from engine.service import Engine
-from engine.sessions import Session
+from engine.sessions import Session, SessionState
 from engine.settings import Settings
 
 # A key where keys are set (Bearer, or ?api_key= for EventSource), and the session must be the caller's (app/auth.py).
@@ -83,8 +83,8 @@ async def _stream(session: Session, after: int, progress: bool) -> AsyncIterator
                 seen = event.payload.samples_processed
         if events:
             after = events[-1].id
-        if session.ended and after >= session.last_event_id:
-            return
+        if (session.ended or session.state is SessionState.MOVED) and after >= session.last_event_id:
+            return  # moved: the client reconnects with Last-Event-ID and reaches the node that has it now
         if progress and session.samples_processed != seen:
             seen = session.samples_processed
             yield ServerSentEvent(_json(ProgressData(samples_processed=seen)), event="progress")

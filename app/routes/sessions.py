@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request, Response
 
 from app.auth import SessionCallerDep, require_admin, session_access
 from app.body import read_pcm_body
+from app.cluster_headers import SESSION_HEADER
 from app.deps import get_engine, get_settings
 from app.schemas import AppendResult, ErrorResponse, MigrateRequest, MigrateResult, SessionCreate, SessionInfo
 from engine.hotwords import normalize_hotwords
@@ -29,7 +30,10 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 @router.post("", status_code=201, response_model=SessionInfo, responses=ERRORS)
 async def create_session(
-    engine: EngineDep, caller: SessionCallerDep, body: Annotated[SessionCreate | None, Body()] = None
+    engine: EngineDep,
+    caller: SessionCallerDep,
+    response: Response,
+    body: Annotated[SessionCreate | None, Body()] = None,
 ) -> SessionInfo:
     """Open a session on the least-loaded worker. 503 with Retry-After when PARASTREAM_MAX_SESSIONS are open; 422
     for a mode the service has no models for."""
@@ -37,7 +41,8 @@ async def create_session(
     options = validate_options(body.chunk_size, body.encoder_chunk_look_back, body.decoder_chunk_look_back)
     mode = Mode(body.mode) if body.mode is not None else engine.default_mode()
     pipeline = PipelineOptions(mode, normalize_hotwords(body.hotwords))
-    session = engine.create_session(body.sample_rate, options, pipeline, owner=caller.owner)
+    session = await engine.open_session(body.sample_rate, options, pipeline, owner=caller.owner)
+    response.headers[SESSION_HEADER] = session.id  # a load balancer's stick table learns the session here
     return SessionInfo.from_view(engine.view(session.id))
 
 
@@ -77,13 +82,22 @@ async def append_audio(
     engine.admit_append(engine.get(session_id))  # 404 and 429 before reading a body we would throw away
     body = await read_pcm_body(request, settings.max_append_bytes)
     session = engine.append(session_id, body, offset)
-    return {"id": session.id, "samples_received": session.samples_received}
+    return {"id": session.id, "samples_received": session.samples_received, "samples_durable": engine.durable(session)}
 
 
 @router.post("/{session_id}/close", response_model=SessionInfo, responses=ERRORS)
-async def close_session(session_id: str, engine: EngineDep) -> SessionInfo:
-    """Flush the remaining audio with is_final; a `final` event follows on the event stream."""
-    engine.close(session_id)
+async def close_session(
+    session_id: str,
+    engine: EngineDep,
+    offset: Annotated[
+        int | None,
+        Query(ge=0, description="The client's end offset: 409 `offset_gap` if the session has received less"),
+    ] = None,
+) -> SessionInfo:
+    """Flush the remaining audio with is_final; a `final` event follows on the event stream. With `?offset=` (the
+    samples the client sent), a session carried on by another node from an older replica asks for the rest first
+    (409 `offset_gap` with `expected_offset`), so that no audio is lost to a node's crash (docs/cluster.md)."""
+    engine.close(session_id, offset=offset)
     return SessionInfo.from_view(engine.view(session_id))
 
 

@@ -12,6 +12,8 @@ What it does for the caller:
   acknowledges samples it already has); 429 (the session's buffer is full) waits `Retry-After` and retries; 413
   splits the audio into pieces the service takes and keeps that size for later appends;
 - the event stream reconnects after a drop with `Last-Event-ID`, so the caller sees every event exactly once;
+- the audio after the service's `samples_durable` is kept, and sent again when a node of a cluster that took the
+  session over asks for it (`409 offset_gap`), then the close is repeated (app/sdk/replay.py, docs/cluster.md);
 - `max_retries` transport failures in a row (with a growing pause between) end in `ConnectionFailed`; a refusal
   (a 4xx, or a 5xx that is not 503 with Retry-After) is an `APIError` at once.
 """
@@ -22,7 +24,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -31,6 +33,7 @@ from httpx_sse import aconnect_sse
 from app.sdk.audio import DEFAULT_SAMPLE_RATE, AudioSource, Frame, open_source, pcm_bytes
 from app.sdk.errors import APIError, ConnectionFailed, api_error, retry_after
 from app.sdk.events import TERMINAL, Event, parse_event
+from app.sdk.replay import Kept
 from app.sdk.session import Session
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -112,7 +115,11 @@ class AsyncClient:
         body = pcm_bytes(pcm)
         if len(body) % 2:
             raise ValueError("PCM16 audio has an even number of bytes")
-        received = offset
+        return int((await self._append(session_id, body, offset))["samples_received"])
+
+    async def _append(self, session_id: str, body: bytes, offset: int) -> dict[str, Any]:
+        """`append`, returning the last answer (the received and durable offsets)."""
+        answer: dict[str, Any] = {"samples_received": offset, "samples_durable": offset}
         pos = 0
         while pos < len(body):
             size = len(body) - pos if self.max_append_bytes is None else self.max_append_bytes
@@ -133,12 +140,13 @@ class AsyncClient:
                 self.max_append_bytes = max(2, limit - limit % 2)
                 continue
             pos += len(piece)
-            received = int(answer["samples_received"])
-        return received
+        return answer
 
-    async def close(self, session_id: str) -> dict[str, Any]:
-        """`POST /v1/sessions/{id}/close`: flush the audio; the event stream then ends with a final event."""
-        answer: dict[str, Any] = await self._request("POST", f"/v1/sessions/{session_id}/close")
+    async def close(self, session_id: str, *, offset: int | None = None) -> dict[str, Any]:
+        """`POST /v1/sessions/{id}/close`: flush the audio; the event stream then ends with a final event. With
+        `offset` (the samples sent), a session that has received less answers 409 `offset_gap` instead."""
+        params = {"offset": offset} if offset is not None else None
+        answer: dict[str, Any] = await self._request("POST", f"/v1/sessions/{session_id}/close", params=params)
         return answer
 
     async def delete(self, session_id: str) -> None:
@@ -156,11 +164,19 @@ class AsyncClient:
 
     # ------------------------------------------------------------------------------------------ streams
 
-    async def events(self, session_id: str, *, last_event_id: int = 0) -> AsyncGenerator[Event, None]:
+    async def events(
+        self,
+        session_id: str,
+        *,
+        last_event_id: int = 0,
+        on_reconnect: Callable[[], Awaitable[None]] | None = None,
+    ) -> AsyncGenerator[Event, None]:
         """The session's events after `last_event_id`, up to and including the final (or error) one. A dropped or
-        silent connection is reopened with `Last-Event-ID`; no event is yielded twice."""
+        silent connection is reopened with `Last-Event-ID`; no event is yielded twice. `on_reconnect` runs after
+        each reopening (`stream` repeats its close there: the session may be on another node now)."""
         last = last_event_id
         failures = 0
+        opened = False
         busy_until = time.monotonic() + self.busy_timeout
         path = f"/v1/sessions/{session_id}/events"
         timeout = httpx.Timeout(self.http.timeout.connect, read=self.event_timeout)
@@ -177,6 +193,9 @@ class AsyncClient:
                             raise api_error(response)
                         await asyncio.sleep(wait)
                         continue
+                    if opened and on_reconnect is not None:
+                        await on_reconnect()
+                    opened = True
                     async for sse in source.aiter_sse():
                         if not sse.data or sse.event == "progress":
                             continue  # keep-alives surface as empty messages; progress is not asked for
@@ -237,8 +256,16 @@ class AsyncClient:
         session_id = session.id if isinstance(session, Session) else session
         rate = sample_rate or (session.sample_rate if isinstance(session, Session) else DEFAULT_SAMPLE_RATE)
         frames = self._frames(source, rate, realtime, speed)
-        sender = asyncio.create_task(self._send(session_id, frames, rate, offset, realtime, speed, close))
-        events = self.events(session_id, last_event_id=last_event_id)
+        kept = Kept(offset)
+        sender = asyncio.create_task(self._send(session_id, frames, rate, offset, realtime, speed, close, kept))
+
+        async def close_again() -> None:
+            # The stream dropped and came back, maybe from the node that took the session over from a replica:
+            # if everything was sent and closed, say so again, sending first whatever that node lacks.
+            if close and sender.done() and not sender.cancelled() and sender.exception() is None:
+                await self._close(session_id, kept)
+
+        events = self.events(session_id, last_event_id=last_event_id, on_reconnect=close_again)
         pending: asyncio.Future[Event] | None = None
         try:
             while True:
@@ -316,7 +343,9 @@ class AsyncClient:
         realtime: bool,
         speed: float,
         close: bool,
+        kept: Kept | None = None,
     ) -> int:
+        kept = kept if kept is not None else Kept(offset)
         started = time.monotonic()
         sent = 0
         async for frame in frames:
@@ -325,11 +354,39 @@ class AsyncClient:
                 delay = started + (sent + n) / sample_rate / speed - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            await self.append(session_id, frame, offset=offset + sent)
+            kept.add(frame)
+            await self._deliver(session_id, kept, offset + sent, frame)
             sent += n
         if close:
-            await self.close(session_id)
+            await self._close(session_id, kept)
         return offset + sent
+
+    async def _deliver(self, session_id: str, kept: Kept, offset: int, body: bytes) -> None:
+        """Append `body` at `offset`; if the service asks for audio from further back (its node was lost and another
+        carried the session on from a replica), send it everything kept from there. Forgets what is durable."""
+        while True:
+            try:
+                answer = await self._append(session_id, body, offset)
+            except APIError as exc:
+                again = kept.replay_from(exc, offset + len(body) // 2)
+                if again is None:
+                    raise
+                offset, body = again, kept.since(again)
+                continue
+            kept.forget_before(int(answer.get("samples_durable", answer["samples_received"])))
+            return
+
+    async def _close(self, session_id: str, kept: Kept) -> None:
+        """Close with the end offset, sending first whatever the service asks to have again."""
+        while True:
+            try:
+                await self.close(session_id, offset=kept.end)
+                return
+            except APIError as exc:
+                again = kept.replay_from(exc, kept.end)
+                if again is None:
+                    raise
+                await self._deliver(session_id, kept, again, kept.since(again))
 
     def _backoff(self, failures: int) -> float:
         return float(min(5.0, self.retry_backoff_s * 2 ** (failures - 1)))

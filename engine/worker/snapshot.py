@@ -11,42 +11,28 @@ stay flat over a session's life instead of growing with its transcript. When a w
 another one loads the snapshot and replays the ring from the snapshot's position: the strides it computes are the
 ones the dead worker would have computed, with the same state, so the transcript is identical.
 
-Segment layout (`<ring name>_s<generation>`; little-endian u64 fields)::
-
-    0   8  magic      b"PSSNAP02"
-    8   8  slot_size  bytes available to one snapshot
-    16  8  active     which slot holds the latest complete snapshot (0 or 1)
-    24  40 reserved
-    64     slot 0: length (u64) + pickled (processed_pos, token_count, last_tokens, cache), up to slot_size bytes
-    64 + 8 + slot_size   slot 1, likewise
-
-Writes go to the slot that is *not* active, and `active` flips only after the write is complete, so a worker that
-dies mid-write leaves the previous snapshot intact. A snapshot too big for its slot moves the session to a new,
-larger segment (the next generation): it is written there first, then published in the ring header (offset 32), then
-the old segment is unlinked. The API process owns the segments' names and unlinks them with the ring.
+The segment's byte layout (two slots, an `active` index flipped only after a write is complete, so a worker that
+dies mid-write leaves the previous snapshot intact) is `engine.snapshot_segment`'s, which the API process also reads
+to replicate a snapshot to another node. A snapshot too big for its slot moves the session to a new, larger segment
+(the next generation): it is written there first, then published in the ring header (offset 32), then the old
+segment is unlinked. The API process owns the segments' names and unlinks them with the ring.
 """
 
 from __future__ import annotations
 
-import contextlib
 import pickle
 from dataclasses import dataclass
-from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
 import numpy as np
 import torch
 
-from engine.ring import RingReader, _untracked, buffer, segment_exists, unlink_segment
+from engine.ring import RingReader, segment_exists, unlink_segment
+from engine.snapshot_segment import RawSnapshot, SnapshotSegment, segment_name
 
-MAGIC = b"PSSNAP03"
 _NUMPY_DTYPES = frozenset(
     {torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool}
 )
-HEADER_BYTES = 64
-LENGTH_BYTES = 8
-MIN_SLOT_BYTES = 1 << 20
-HEADROOM = 2  # a slot holds twice the first snapshot: the FunASR cache grows over a session's first strides
 
 
 @dataclass(frozen=True)
@@ -97,20 +83,15 @@ def unpack(obj: Any) -> Any:
     return obj
 
 
-def segment_name(ring_name: str, generation: int) -> str:
-    return f"{ring_name}_s{generation}"
-
-
 class SnapshotStore:
     """One session's snapshots, written by the worker that serves it."""
 
     def __init__(self, ring: RingReader) -> None:
         self.ring = ring
         self.generation = ring.snapshot_gen
-        self._shm: SharedMemory | None = None
+        self._segment: SnapshotSegment | None = None
         if self.generation:  # carrying on after a restore: keep writing where the last worker did
-            with _untracked():
-                self._shm = SharedMemory(name=segment_name(ring.name, self.generation))
+            self._segment = SnapshotSegment.attach(segment_name(ring.name, self.generation))
 
     def save(
         self,
@@ -121,64 +102,28 @@ class SnapshotStore:
         sentences: Any = None,
     ) -> None:
         state = (processed_pos, token_count, tuple(last_tokens), pack(cache), pack(sentences))
-        blob = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-        if self._shm is None or len(blob) > self._slot_size():
-            self._move_to_new_segment(blob)
+        snapshot = RawSnapshot(processed_pos, token_count, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+        if self._segment is None or not self._segment.fits(snapshot.blob):
+            self._move_to_new_segment(snapshot)
             return
-        slot = 1 - self._header()[2]
-        self._write(slot, blob)
-        self._header()[2] = slot  # publish: only now is the new snapshot the one a restore reads
+        self._segment.publish(snapshot)
 
     def load(self) -> Snapshot | None:
-        if self._shm is None:
+        if self._segment is None or not self._segment.saves:
             return None
-        slot = int(self._header()[2])
-        offset = self._slot_offset(slot)
-        length = int(np.frombuffer(buffer(self._shm), dtype="<u8", count=1, offset=offset)[0])
-        processed_pos, count, last, cache, sentences = pickle.loads(
-            buffer(self._shm)[offset + LENGTH_BYTES : offset + LENGTH_BYTES + length]
-        )
+        processed_pos, count, last, cache, sentences = pickle.loads(self._segment.read_blob())
         return Snapshot(processed_pos, count, last, unpack(cache), unpack(sentences))
 
     def close(self) -> None:
-        if self._shm is not None:
-            with contextlib.suppress(BufferError):
-                self._shm.close()
-            self._shm = None
+        if self._segment is not None:
+            self._segment.close()
+            self._segment = None
 
-    # --- layout -------------------------------------------------------------------------------------------
-
-    def _header(self) -> np.ndarray:
-        assert self._shm is not None
-        return np.ndarray((HEADER_BYTES // 8,), dtype="<u8", buffer=buffer(self._shm))
-
-    def _slot_size(self) -> int:
-        return int(self._header()[1])
-
-    def _slot_offset(self, slot: int) -> int:
-        return HEADER_BYTES + slot * (LENGTH_BYTES + self._slot_size())
-
-    def _write(self, slot: int, blob: bytes) -> None:
-        assert self._shm is not None
-        offset = self._slot_offset(slot)
-        buffer(self._shm)[offset : offset + LENGTH_BYTES] = len(blob).to_bytes(8, "little")
-        buffer(self._shm)[offset + LENGTH_BYTES : offset + LENGTH_BYTES + len(blob)] = blob
-
-    def _move_to_new_segment(self, blob: bytes) -> None:
-        old = self._shm
+    def _move_to_new_segment(self, snapshot: RawSnapshot) -> None:
+        old = self._segment
         generation = self.generation + 1
-        slot_size = max(MIN_SLOT_BYTES, HEADROOM * len(blob))
-        with _untracked():
-            shm = SharedMemory(
-                name=segment_name(self.ring.name, generation),
-                create=True,
-                size=HEADER_BYTES + 2 * (LENGTH_BYTES + slot_size),
-            )
-        buffer(shm)[:8] = MAGIC
-        self._shm = shm
-        header = self._header()
-        header[1], header[2] = slot_size, 0
-        self._write(0, blob)
+        self._segment = SnapshotSegment.create(segment_name(self.ring.name, generation), len(snapshot.blob))
+        self._segment.publish(snapshot, first=True)
         self.ring.publish_snapshot(generation)  # a restore now finds the new segment
         if old is not None:
             old.close()
