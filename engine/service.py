@@ -88,6 +88,7 @@ class Engine:
         self._reaper: asyncio.Task[None] | None = None
         self._balancer: asyncio.Task[None] | None = None
         self.cluster: ClusterNode | None = None  # with PARASTREAM_CLUSTER_REDIS (engine/cluster/node.py)
+        self.moved: dict[str, tuple[float, str | None]] = {}  # released to another node: when, and whose
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
@@ -287,11 +288,16 @@ class Engine:
             session.ended_at = time.monotonic()
             session.move_away()
         self.sessions.pop(session.id, None)
+        self.moved[session.id] = (time.monotonic(), session.owner)
         metrics.SESSIONS_OPEN.set(self.open_sessions())
 
     def get(self, session_id: str, owner: str | None = None) -> Session:
-        """The session; with `owner`, only if it is that owner's: another's is not found, exactly as an unknown id."""
+        """The session; with `owner`, only if it is that owner's: another's is not found, exactly as an unknown id.
+        One released to another node (maybe while this request read its body) is elsewhere: retry, the load
+        balancer will send the retry there."""
         session = self.sessions.get(session_id)
+        if session is None and session_id in self.moved and owner in (None, self.moved[session_id][1]):
+            raise SessionElsewhere(f"session {session_id} moved to another node; retry", retry_after_s=1)
         if session is None or (owner is not None and session.owner != owner):
             raise SessionNotFound(f"no session {session_id}")
         return session
@@ -622,3 +628,6 @@ class Engine:
                 self.close(session.id, reason="idle_timeout")
             elif session.ended_at is not None and now - session.ended_at > s.finished_session_ttl_s:
                 del self.sessions[session.id]
+        for session_id, (at, _owner) in list(self.moved.items()):
+            if now - at > s.finished_session_ttl_s:
+                del self.moved[session_id]
