@@ -88,6 +88,25 @@ REJECTED = Counter(
     "buffer_full (429), payload_too_large (413), unauthorized (401: a missing or wrong key)",
     ["reason"],
 )
+# A cluster (engine/cluster/): what replication costs this node, and sessions that changed node.
+CLUSTER_REPLICAS = Counter("parastream_cluster_replicas_total", "Session replicas written to the cluster's Redis")
+CLUSTER_REPLICA_BYTES = Counter(
+    "parastream_cluster_replica_bytes_total", "Bytes of snapshots and audio written to Redis in replicas"
+)
+CLUSTER_REPLICA_CAPTURE = Histogram(
+    "parastream_cluster_replica_capture_seconds",
+    "Event-loop time to capture one replica (read the snapshot, copy the ring's tail and the resampler)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+)
+CLUSTER_REPLICA_WRITE = Histogram(
+    "parastream_cluster_replica_write_seconds",
+    "Time from a replica's capture to Redis confirming it (serialising it included)",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+CLUSTER_TAKEOVERS = Counter(
+    "parastream_cluster_takeovers_total", "Sessions this node took over from another (lost or drained) node"
+)
+CLUSTER_HANDOFFS = Counter("parastream_cluster_handoffs_total", "Sessions this node handed off in a drain")
 WEBSOCKETS_OPEN = Gauge("parastream_websocket_connections_open", "WebSocket connections open now", ["protocol"])
 WEBSOCKETS = Counter("parastream_websocket_connections_total", "WebSocket connections accepted", ["protocol"])
 

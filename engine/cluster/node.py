@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from engine import logs
+from engine import logs, metrics
 from engine.cluster.directory import Directory, Found
 from engine.cluster.records import RecordState, Replica, SessionMeta
 from engine.errors import NotReady, SessionElsewhere, SessionNotFound
@@ -88,7 +88,6 @@ class ClusterNode:
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[object]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
-        self.bytes_replicated = 0  # replica bytes written (benchmarks/cluster.py reads it from /metrics)
 
     @property
     def live_ttl_s(self) -> float:
@@ -155,9 +154,12 @@ class ClusterNode:
         track = self.tracks.get(session.id)
         if track is None or track.busy:
             return False
+        started = time.perf_counter()
         replica = self.capture(session)
         if replica is None:
             return False
+        captured = time.perf_counter()
+        metrics.CLUSTER_REPLICA_CAPTURE.observe(captured - started)
         if track.events < session.dropped:  # pragma: no cover - a replica every few strides never falls this far
             log.error("session %s: events were trimmed before they were replicated; no longer replicated", session.id)
             self.tracks.pop(session.id, None)
@@ -176,7 +178,9 @@ class ClusterNode:
             return False
         track.strides, track.events = 0, replica.events
         session.samples_durable = max(session.samples_durable or 0, replica.samples_received)
-        self.bytes_replicated += len(replica.tail) + (len(replica.snapshot.blob) if replica.snapshot else 0)
+        metrics.CLUSTER_REPLICA_WRITE.observe(time.perf_counter() - captured)
+        metrics.CLUSTER_REPLICAS.inc()
+        metrics.CLUSTER_REPLICA_BYTES.inc(len(replica.tail) + (len(replica.snapshot.blob) if replica.snapshot else 0))
         return True
 
     def on_end(self, session: Session) -> None:
@@ -276,6 +280,7 @@ class ClusterNode:
             ring.unlink()
             raise NotReady("no worker is ready", retry_after_s=2)
         self.tracks[session_id] = Track(events=replica.events)
+        metrics.CLUSTER_TAKEOVERS.inc()
         log.warning(
             "session %s taken over from node %s at sample %d (%d events)", session_id, found.node,
             replica.samples_received, replica.events, extra=logs.fields(session),
@@ -313,6 +318,7 @@ class ClusterNode:
             if not track.busy and await self.replicate(session, RecordState.RELEASED):
                 self.tracks.pop(session.id, None)
                 self.engine.release(session)
+                metrics.CLUSTER_HANDOFFS.inc()
                 return True
             await asyncio.sleep(0.05)
         log.warning("session %s could not be handed off in %g s", session.id, HANDOFF_WAIT_S)
