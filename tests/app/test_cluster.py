@@ -39,9 +39,11 @@ async def node_of(cluster: Cluster, http: httpx.AsyncClient, session_id: str) ->
     return cluster.node_of(await http.get(f"{cluster.url}/v1/sessions/{session_id}"))
 
 
-async def run_sessions(cluster: Cluster, audio: list[np.ndarray], during: object) -> tuple[list[list[Event]], list[int]]:
+async def run_sessions(
+    cluster: Cluster, audio: list[np.ndarray], during: object
+) -> tuple[list[list[Event]], list[int], list[str]]:
     """Stream every clip into its own session through HAProxy at twice real time, running `during(placed)` (placed:
-    the node of each session) meanwhile; every session's events."""
+    the node of each session) meanwhile; every session's events, its first node, and its id."""
     async with AsyncClient(cluster.url) as client, httpx.AsyncClient(timeout=10) as http:
         sessions = [await client.create_session() for _ in audio]
         placed = [await node_of(cluster, http, s.id) for s in sessions]
@@ -51,7 +53,7 @@ async def run_sessions(cluster: Cluster, audio: list[np.ndarray], during: object
 
         streams = [asyncio.create_task(one(s, c)) for s, c in zip(sessions, audio)]
         await during(placed)  # type: ignore[operator]
-        return await asyncio.wait_for(asyncio.gather(*streams), 180), placed
+        return await asyncio.wait_for(asyncio.gather(*streams), 180), placed, [s.id for s in sessions]
 
 
 def test_a_node_sigkilled_mid_stream_changes_no_word(model_dir: Path) -> None:
@@ -68,7 +70,7 @@ def test_a_node_sigkilled_mid_stream_changes_no_word(model_dir: Path) -> None:
             os.killpg(cluster.nodes[victim].pid, signal.SIGKILL)
             killed.append(victim)
 
-        results, placed = asyncio.run(run_sessions(cluster, audio, kill))
+        results, placed, session_ids = asyncio.run(run_sessions(cluster, audio, kill))
         victim, survivor = killed[0], 1 - killed[0]
         assert placed.count(victim) >= SESSIONS // 2 and placed.count(survivor) >= 1, placed  # both served, at first
         for clip, events in zip(audio, results):
@@ -82,6 +84,14 @@ def test_a_node_sigkilled_mid_stream_changes_no_word(model_dir: Path) -> None:
         created = httpx.post(f"{cluster.url}/v1/sessions", json={}, timeout=10)
         assert created.status_code == 201 and cluster.node_of(created) == survivor
         sweep_segments(cluster.nodes[victim].pid)  # a SIGKILLed node cannot clean up (its next start would)
+
+        # The dead node comes back: the taken-over sessions still go to the node that took them over (the stick
+        # table learnt it from that node's answers), and new sessions go to both again.
+        cluster.restart(victim)
+        cluster.wait_routed()
+        moved = [sid for sid, node in zip(session_ids, placed) if node == victim]
+        for sid in moved:
+            assert cluster.node_of(httpx.get(f"{cluster.url}/v1/sessions/{sid}", timeout=10)) == survivor
     cluster.remove_logs()
 
 
@@ -101,7 +111,7 @@ def test_a_drain_moves_or_finishes_every_session(model_dir: Path) -> None:
             assert answer.status_code == 202 and answer.json()["node"] == f"node{node + 1}", answer.text
             drained.append(node)
 
-        results, placed = asyncio.run(run_sessions(cluster, audio, drain))
+        results, placed, _ = asyncio.run(run_sessions(cluster, audio, drain))
         node = cluster.nodes[drained[0]]
         for clip, events in zip(audio, results):
             assert_exact(events, reference_tokens(model_dir, clip))
