@@ -18,6 +18,7 @@ from benchmarks.cluster_rig import Cluster
 from engine.ring import sweep_segments
 from tests.audio import synth_speechlike
 from tests.harness import CLEAN_EXIT, segments_of, wait_for
+from tests.helpers import metric
 from tests.reference_cache import reference_tokens
 
 SESSIONS = 8
@@ -78,6 +79,11 @@ def test_a_node_sigkilled_mid_stream_changes_no_word(model_dir: Path) -> None:
         log = cluster.nodes[survivor].log(tail=10_000_000)
         assert log.count("taken over from node") == placed.count(victim)
         assert '/audio?offset=' in log and '" 409 Conflict' in log  # audio after the last replica was sent again
+        survivor_url = cluster.nodes[survivor].base_url
+        assert metric(survivor_url, "parastream_cluster_takeovers_total") == placed.count(victim)
+        assert metric(survivor_url, "parastream_cluster_replicas_total") >= 1
+        assert metric(survivor_url, "parastream_cluster_replica_bytes_total") > 0
+        assert metric(survivor_url, "parastream_cluster_replica_capture_seconds_count") >= 1
 
         # A new session lands on the live node (HAProxy marked the dead one down).
         wait_for(lambda: cluster.haproxy.servers()[f"node{victim + 1}"]["status"].startswith("DOWN"), 10, "node down")
@@ -116,6 +122,7 @@ def test_a_drain_moves_or_finishes_every_session(model_dir: Path) -> None:
         for clip, events in zip(audio, results):
             assert_exact(events, reference_tokens(model_dir, clip))
         moved = cluster.nodes[1 - drained[0]].log(tail=10_000_000).count("taken over from node")
+        assert metric(cluster.nodes[1 - drained[0]].base_url, "parastream_cluster_takeovers_total") == moved
         assert 1 <= moved <= placed.count(drained[0]), (moved, placed)  # the drain ran while they were open
         assert node.proc is not None and node.proc.wait(30) in CLEAN_EXIT
         assert f"drain: {moved} of {moved} open sessions handed off" in node.log(tail=10_000_000)
