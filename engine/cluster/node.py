@@ -33,7 +33,7 @@ import logging
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from redis.exceptions import RedisError
 
@@ -46,10 +46,8 @@ from engine.limits import TokenBucket
 from engine.messages import Mode
 from engine.ring import RingWriter, new_segment_name
 from engine.sessions import Session, SessionState
+from engine.settings import Settings
 from engine.snapshot_segment import install, read_latest
-
-if TYPE_CHECKING:
-    from engine.service import Engine
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +70,25 @@ class Track:
     busy: bool = False  # a write is under way
 
 
+class Host(Protocol):
+    """What a node needs of its engine (engine.service.Engine), which calls it back on its sessions' news."""
+
+    settings: Settings
+    sessions: dict[str, Session]
+
+    def live(self) -> list[Session]: ...
+
+    def take_over(self, session: Session) -> bool: ...
+
+    def release(self, session: Session) -> None: ...
+
+
 def replicable(session: Session) -> bool:
     return session.protocol == "rest" and session.pipeline.mode is Mode.ONLINE
 
 
 class ClusterNode:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Host) -> None:
         s = engine.settings
         self.engine = engine
         self.name = s.cluster_node_name
