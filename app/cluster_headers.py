@@ -1,7 +1,7 @@
 """The headers a load balancer routes a cluster's sessions by (deploy/haproxy.cfg, docs/cluster.md).
 
-Every answer about a session names it in `X-Parastream-Session`: the create answer (set by the route, since the id
-is new) and every answer on a `/v1/sessions/{id}/...` path (here). HAProxy's stick table stores the header with
+Every successful answer about a session names it in `X-Parastream-Session`: the create answer (set by the route,
+since the id is new) and every 2xx answer on a `/v1/sessions/{id}/...` path (here). HAProxy's stick table stores the header with
 the node that answered, so a session's later requests go to that node, and after a takeover to the node that took
 it over. `X-Parastream-Node` names the node, for operators and tests. Pure ASGI, so it also marks event streams.
 """
@@ -33,7 +33,8 @@ class ClusterHeaders:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 headers[NODE_HEADER] = self.node
-                if found and SESSION_HEADER not in headers:
+                if found and SESSION_HEADER not in headers and message["status"] < 400:
+                    # Successes only: a made-up id's 404 must not take a place in the load balancer's table.
                     headers[SESSION_HEADER] = found[1]
             await send(message)
 
