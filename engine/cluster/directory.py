@@ -17,11 +17,13 @@ import redis.asyncio as redis
 from engine.cluster.records import RecordState, Replica, SessionMeta, dump, load_event, load_meta, load_replica
 from engine.events import Payload
 
-# KEYS: session, events. ARGV: node, state, replica (or ""), then events to append.
+# KEYS: session, events. ARGV: node, state, replica (or ""), then events to append. An ended session keeps its
+# events only: its last replica (megabytes of snapshot) would never be read again.
 _WRITE_IF_OWNER = """
 if redis.call('HGET', KEYS[1], 'node') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'replica', ARGV[3]) end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'replica', ARGV[3])
+elseif ARGV[2] == 'ended' then redis.call('HDEL', KEYS[1], 'replica') end
 for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 return 1
 """
@@ -108,13 +110,9 @@ class Directory:
         fields: dict[bytes, bytes] = await self.redis.hgetall(self._session(session_id))  # type: ignore[assignment]  # decode_responses is off: bytes
         if not fields or b"meta" not in fields:
             return None
-        replica = fields.get(b"replica")
-        return Found(
-            fields[b"node"].decode(),
-            RecordState(fields[b"state"].decode()),
-            load_meta(fields[b"meta"]),
-            load_replica(replica) if replica else None,
-        )
+        state = RecordState(fields[b"state"].decode())
+        replica = fields.get(b"replica") if state is not RecordState.ENDED else None
+        return Found(fields[b"node"].decode(), state, load_meta(fields[b"meta"]), load_replica(replica) if replica else None)
 
     async def claim(self, session_id: str, owner: str) -> bool:
         """Make this node the session's owner if `owner` still is (compare-and-set)."""

@@ -142,10 +142,10 @@ class ClusterNode:
 
     def on_stride(self, session: Session) -> None:
         track = self.tracks.get(session.id)
-        if track is None or track.busy or session.state is not SessionState.OPEN:
+        if track is None or session.state is not SessionState.OPEN:
             return
-        track.strides += 1
-        if track.strides >= self.every:
+        track.strides += 1  # counted during a write too: they are not in the replica being written
+        if track.strides >= self.every and not track.busy:
             self._spawn(self.replicate(session))
 
     def capture(self, session: Session) -> Replica | None:
@@ -176,18 +176,19 @@ class ClusterNode:
             self.tracks.pop(session.id, None)
             return False
         events = [event.payload for event in session.events[track.events - session.dropped :]]
-        track.busy = True
+        track.busy, counted, track.strides = True, track.strides, 0
         try:
             written = await self.directory.replicate(session.id, replica, events, state, self.live_ttl_s)
         except (RedisError, OSError) as exc:
             log.warning("session %s: replication failed: %s", session.id, exc, extra=logs.fields(session))
+            track.strides += counted  # due again at the next stride
             return False
         finally:
             track.busy = False
         if not written:
             self._lost(session)
             return False
-        track.strides, track.events = 0, replica.events
+        track.events = replica.events
         session.samples_durable = max(session.samples_durable or 0, replica.samples_received)
         metrics.CLUSTER_REPLICA_WRITE.observe(time.perf_counter() - captured)
         metrics.CLUSTER_REPLICAS.inc()

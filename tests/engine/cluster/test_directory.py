@@ -47,6 +47,7 @@ def test_only_the_owner_writes_and_one_node_wins_a_takeover(redis_url: str) -> N
         assert await winner.replicate("s1", None, [Final(("x", "y"), "xy", "closed", 20000)], RecordState.ENDED, 60)
         ended = await loser.find("s1")
         assert ended is not None and ended.state is RecordState.ENDED and len(await loser.events("s1", None)) == 2
+        assert ended.replica is None and not await loser.redis.hexists("t1:session:s1", "replica")  # events only
         await winner.forget("s1")
         assert await loser.find("s1") is None
         for d in (a, b, c):
