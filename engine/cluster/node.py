@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from engine import logs, metrics
 from engine.cluster.directory import Directory, Found
 from engine.cluster.records import RecordState, Replica, SessionMeta
-from engine.errors import NotReady, SessionElsewhere, SessionNotFound
+from engine.errors import EngineBootError, NotReady, SessionElsewhere, SessionNotFound
 from engine.events import Failure, Partial, Payload
 from engine.limits import TokenBucket
 from engine.messages import Mode
@@ -105,7 +105,12 @@ class ClusterNode:
         return self.engine.settings.max_session_s + RECORD_SLACK_S
 
     async def start(self) -> None:
-        await self.directory.heartbeat(self.name)  # fails fast, before the port opens, if Redis is unreachable
+        try:  # fails fast, before the model loads and the port opens, if Redis is unreachable
+            await self.directory.heartbeat(self.name)
+        except (RedisError, OSError) as exc:
+            await self.directory.close()
+            shown = self.engine.settings.cluster_redis_display
+            raise EngineBootError(f"the cluster directory PARASTREAM_CLUSTER_REDIS={shown} is unreachable: {exc}") from exc
         self._heartbeat = asyncio.create_task(self._heartbeat_loop())
         log.info("cluster node %s: directory %s", self.name, self.engine.settings.cluster_redis_display)
 

@@ -72,3 +72,19 @@ def test_a_heartbeat_lapses_unless_renewed(redis_url: str) -> None:
         await b.close()
 
     asyncio.run(run())
+
+
+def test_an_unreachable_directory_stops_the_node_from_starting() -> None:
+    """Reported as a boot failure (`parastream serve` says "cannot start" and exits 2), the password hidden."""
+    from types import SimpleNamespace
+
+    from benchmarks.common import free_port
+    from engine.cluster.node import ClusterNode
+    from engine.errors import EngineBootError
+    from engine.settings import Settings
+
+    settings = Settings(cluster_redis=f"redis://:secret@127.0.0.1:{free_port()}/0", cluster_node="n")
+    node = ClusterNode(SimpleNamespace(settings=settings, sessions={}))  # type: ignore[arg-type]
+    with pytest.raises(EngineBootError, match="unreachable") as caught:
+        asyncio.run(node.start())
+    assert "secret" not in str(caught.value) and "//***@127.0.0.1" in str(caught.value)
