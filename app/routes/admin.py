@@ -11,12 +11,13 @@ from fastapi.responses import JSONResponse
 from app.auth import require_admin
 from app.deps import get_engine
 from app.errors import HTTPError
+from app.schemas import ErrorResponse
 from engine.service import Engine
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
 
-@router.post("/drain", status_code=202)
+@router.post("/drain", status_code=202, responses={503: {"model": ErrorResponse}})
 async def drain(request: Request, engine: Annotated[Engine, Depends(get_engine)]) -> JSONResponse:
     """Drain this node as SIGTERM does, then exit: no new sessions; in a cluster, open sessions get
     PARASTREAM_CLUSTER_DRAIN_S to finish and are then handed off to other nodes (docs/cluster.md). 202 at once; 503

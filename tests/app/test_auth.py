@@ -379,6 +379,9 @@ class _StandIn:
     def get(self, session_id: str, owner: str | None = None) -> Any:
         raise SessionNotFound(f"no session {session_id}")
 
+    async def find(self, session_id: str, owner: str | None = None) -> Any:
+        return self.get(session_id, owner)
+
     def default_mode(self) -> Any:
         from engine.messages import Mode
 
@@ -387,6 +390,9 @@ class _StandIn:
     def create_session(self, *args: Any, owner: str | None = None, **kwargs: Any) -> None:
         self.owners.append(owner)
         raise ServiceFull("full", retry_after_s=5)
+
+    async def open_session(self, *args: Any, owner: str | None = None, **kwargs: Any) -> None:
+        self.create_session(*args, owner=owner, **kwargs)
 
 
 def _app(engine: _StandIn | None = None, **settings: Any) -> Any:
