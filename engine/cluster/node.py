@@ -252,7 +252,10 @@ class ClusterNode:
         if found.meta.model != self.engine.settings.model:
             raise SessionElsewhere(f"session {session_id} belongs to nodes serving {found.meta.model}")
         if found.state is RecordState.ENDED:
-            self._readonly(session_id, found, await self.directory.events(session_id, None))
+            events = await self.directory.events(session_id, None)
+            if not events:  # pragma: no cover - an ended record always has its ending event
+                raise SessionNotFound(f"no session {session_id}")
+            self._readonly(session_id, found, events)
             return
         if self.state is not NodeState.UP:
             raise SessionElsewhere(f"session {session_id} is moving to another node; retry", retry_after_s=1)
