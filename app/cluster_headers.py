@@ -8,14 +8,13 @@ it over. `X-Parastream-Node` names the node, for operators and tests. Pure ASGI,
 
 from __future__ import annotations
 
-import re
-
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.log_context import SESSION_PATH
+
 SESSION_HEADER = "X-Parastream-Session"
 NODE_HEADER = "X-Parastream-Node"
-_SESSION_PATH = re.compile(r"^/v1/sessions/([0-9a-f]{32})(?:/|$)")
 
 
 class ClusterHeaders:
@@ -27,7 +26,7 @@ class ClusterHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        found = _SESSION_PATH.match(scope.get("path", ""))
+        found = SESSION_PATH.match(scope.get("path", ""))
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

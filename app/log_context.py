@@ -13,7 +13,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine import logs
 
-_SESSION_PATH = re.compile(r"^/v1/sessions/([0-9a-f]{32})(?:/|$)")
+# A path that names a session (also what app/cluster_headers.py marks for the load balancer).
+SESSION_PATH = re.compile(r"^/v1/sessions/([0-9a-f]{32})(?:/|$)")
 
 
 class SessionLogContext:
@@ -22,7 +23,7 @@ class SessionLogContext:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            found = _SESSION_PATH.match(scope.get("path", ""))
+            found = SESSION_PATH.match(scope.get("path", ""))
             if found:
                 engine = getattr(scope["app"].state, "engine", None)
                 session = engine.sessions.get(found[1]) if engine is not None else None

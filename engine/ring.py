@@ -168,6 +168,19 @@ class _Ring:
     def free(self) -> int:
         return self.capacity - self.used
 
+    def _copy(self, start: int, n: int) -> np.ndarray:
+        """`n` samples from absolute position `start`, copied out (both ends read held audio: the reader to run it,
+        the writer to replicate it); they must be held: read_pos <= start, end <= write_pos."""
+        if n < 0 or start < self.read_pos or start + n > self.write_pos:
+            raise ValueError(f"samples [{start}, {start + n}) are not held ({self.read_pos}..{self.write_pos})")
+        head = start % self.capacity
+        first = min(n, self.capacity - head)
+        out = np.empty(n, dtype=np.int16)
+        out[:first] = self._data[head : head + first]
+        if first < n:
+            out[first:] = self._data[: n - first]
+        return out
+
     def close(self) -> None:
         # numpy views must go before the mapping can close (BufferError otherwise).
         del self._header, self._data
@@ -213,11 +226,7 @@ class RingWriter(_Ring):
 
     def copy(self, start: int, end: int) -> bytes:
         """Samples [start, end) as bytes, while they are held (engine/cluster/ replicates them to another node)."""
-        if start < self.read_pos or end > self.write_pos or start > end:
-            raise ValueError(f"samples [{start}, {end}) are not held ({self.read_pos}..{self.write_pos})")
-        head, n = start % self.capacity, end - start
-        first = min(n, self.capacity - head)
-        return (self._data[head : head + first].tobytes() + self._data[: n - first].tobytes()) if n else b""
+        return self._copy(start, end - start).tobytes()
 
     def unlink(self) -> None:
         """Unlink the ring and every snapshot segment of its session."""
@@ -243,15 +252,7 @@ class RingReader(_Ring):
 
     def read(self, start: int, n: int) -> np.ndarray:
         """Copy `n` samples starting at absolute position `start` (must be held: read_pos <= start, end <= write)."""
-        if start < self.read_pos or start + n > self.write_pos:
-            raise ValueError(f"samples [{start}, {start + n}) are not held ({self.read_pos}..{self.write_pos})")
-        head = start % self.capacity
-        first = min(n, self.capacity - head)
-        out = np.empty(n, dtype=np.int16)
-        out[:first] = self._data[head : head + first]
-        if first < n:
-            out[first:] = self._data[: n - first]
-        return out
+        return self._copy(start, n)
 
     def publish_snapshot(self, generation: int) -> None:
         self._header[4] = generation

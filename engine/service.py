@@ -391,8 +391,7 @@ class Engine:
         if self.draining:
             metrics.reject("not_ready")
             raise NotReady("the server is shutting down; it takes no more audio", retry_after_s=5)
-        if session.handing_off:
-            raise SessionElsewhere(f"session {session_id} is moving to another node; retry", retry_after_s=1)
+        self._not_moving(session)
         needed = session.resampler.output_len(n) if session.resampler is not None else n
         if needed > session.ring.free:  # checked before the resampler's state moves
             behind_s = (session.ring.used + needed - session.ring.capacity) / SAMPLE_RATE
@@ -415,6 +414,12 @@ class Engine:
         metrics.APPEND_LATENCY.observe(time.perf_counter() - started)
         return session
 
+    @staticmethod
+    def _not_moving(session: Session) -> None:
+        """A session being handed off to another node takes no audio and no close: retry, it will be there."""
+        if session.handing_off:
+            raise SessionElsewhere(f"session {session.id} is moving to another node; retry", retry_after_s=1)
+
     def close(self, session_id: str, reason: str = "closed", offset: int | None = None) -> Session:
         """Close after the audio received. With `offset` (the client's end offset), a session that has not received
         all of it (another node carried it on from a replica) refuses with 409 `offset_gap` and `expected_offset`."""
@@ -424,8 +429,7 @@ class Engine:
                 f"offset {offset}: {session.samples_received} samples received; send the rest, then close",
                 expected_offset=session.samples_received,
             )
-        if session.handing_off:
-            raise SessionElsewhere(f"session {session_id} is moving to another node; retry", retry_after_s=1)
+        self._not_moving(session)
         if session.state is SessionState.OPEN:
             session.state = SessionState.CLOSING
             session.close_reason = reason
